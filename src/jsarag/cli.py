@@ -1,0 +1,177 @@
+"""The ``jsarag`` command line: thin subcommands, each calling one library function.
+
+A user's mistake (unknown config key, wrong type, missing file, bad data line, an index built for
+another corpus or encoder) prints one line on stderr and exits with code 2, writing nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from jsarag.errors import USER_ERRORS
+
+app = typer.Typer(help="Train retrieval-augmented generation models end to end (JSA-RAG, RAG, VRAG).",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+index_app = typer.Typer(help="Build FAISS indexes.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+OVERRIDES = typer.Argument(None, help="Config overrides, e.g. optim.lr_generator=1e-4 estimator.name=vrag",
+                           show_default=False)
+
+
+def user_errors(fn):
+    """Report user mistakes as one line and exit code 2."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+        except FileNotFoundError as err:
+            typer.echo(f"error: file not found: {err.filename or err}", err=True)
+            raise typer.Exit(2) from None
+    return wrapper
+
+
+@index_app.command("build")
+@user_errors
+def index_build(config: Path = typer.Argument(..., help="YAML config (data.corpus, retriever, index)."),
+                out: Path = typer.Option(..., "--out", help="Folder to write the index into."),
+                overrides: Optional[list[str]] = OVERRIDES):
+    """Embed the corpus with the passage encoder and save a FAISS index with its metadata."""
+    from jsarag.config import load_config
+    from jsarag.index import build_index
+    from jsarag.models.retriever import Retriever
+    from jsarag.pipeline import index_config_text, load_corpus
+    from jsarag.train.distributed import autocast, setup
+
+    cfg = load_config(config, overrides)
+    corpus = load_corpus(cfg.data)
+    retriever = Retriever.from_config(cfg.retriever)
+    env = setup()
+    retriever.to(env.device)
+    with autocast(env.device, cfg.train.precision):
+        index = build_index(corpus, retriever.passage, factory=cfg.index.factory,
+                            search_params=cfg.index.search_params, batch_size=cfg.index.batch_size)
+    index.save(out, extra_files={"config.yaml": index_config_text(cfg)})
+    typer.echo(f"indexed {len(index)} passages ({cfg.index.factory}, d={index.meta.dim}) into {out}")
+
+
+@app.command()
+@user_errors
+def train(config: Path = typer.Argument(..., help="YAML config."),
+          out: Path = typer.Option(..., "--out", help="Run folder (checkpoints, metrics, evaluation)."),
+          resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its newest checkpoint."),
+          overrides: Optional[list[str]] = OVERRIDES):
+    """Train with the configured estimator; evaluates on the dev split at the end."""
+    from jsarag.config import load_config
+    from jsarag.train.loop import train as run_training
+
+    cfg = load_config(config, overrides)
+    final = run_training(cfg, out, resume=resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        typer.echo(f"final checkpoint: {final}")
+
+
+@app.command("eval")
+@user_errors
+def eval_cmd(target: Path = typer.Argument(..., help="A run folder (newest checkpoint) or a config file "
+                                                     "(untrained models)."),
+             checkpoint: Optional[Path] = typer.Option(None, help="A specific checkpoint folder."),
+             split: Optional[str] = typer.Option(None, help="dev, test or train (default: eval.split)."),
+             out: Optional[Path] = typer.Option(None, help="Where to write predictions.jsonl and summary.json."),
+             overrides: Optional[list[str]] = OVERRIDES):
+    """Retrieve with the prior, generate, and report EM/F1/BLEU/ROUGE and Recall/MRR."""
+    from rich.console import Console
+
+    from jsarag.eval.evaluate import evaluate, summary_table, write_result
+    from jsarag.pipeline import build_model, load_corpus, load_split, prepare_index, resolve_target
+    from jsarag.train.distributed import setup
+
+    extra = list(overrides or []) + ([f"eval.split={split}"] if split else [])
+    cfg, ckpt, run_dir = resolve_target(target, extra, checkpoint)
+    corpus = load_corpus(cfg.data)
+    examples = load_split(cfg.data, cfg.eval.split, corpus, cfg.data.max_eval_examples)
+    model = build_model(cfg, ckpt)
+    build_dir = run_dir / "index" if run_dir is not None else None
+    prepare_index(cfg, corpus, model, build_dir=build_dir, checkpoint=ckpt)
+    env = setup()
+    model.to(env.device)
+    result = evaluate(model, examples, cfg.eval, device=env.device, precision=cfg.train.precision)
+    destination = out or (run_dir / "eval" / cfg.eval.split if run_dir is not None else None)
+    if destination is not None:
+        write_result(result, destination)
+    Console().print(summary_table({str(ckpt.name if ckpt else "untrained"): result.summary},
+                                  title=f"{cfg.eval.split} ({len(examples)} examples)"))
+
+
+@app.command()
+@user_errors
+def ask(target: Path = typer.Argument(..., help="A run folder or a config file."),
+        question: Optional[str] = typer.Option(None, "--question", "-q", help="Ask once; omit for a prompt loop."),
+        top_k: Optional[int] = typer.Option(None, help="Passages to show and answer from (default: eval.top_k)."),
+        overrides: Optional[list[str]] = OVERRIDES):
+    """Answer questions: shows the retrieved passages with their scores, then the answer."""
+    from jsarag.eval.ask import answer_and_show
+    from jsarag.pipeline import build_model, load_corpus, load_split, prepare_index, resolve_target
+    from jsarag.train.distributed import setup
+
+    cfg, ckpt, run_dir = resolve_target(target, overrides)
+    if top_k is not None:
+        cfg.eval.top_k = top_k
+    corpus = load_corpus(cfg.data)
+    split = next((s for s in ("train", "dev", "test") if getattr(cfg.data, s)), None)
+    kind = load_split(cfg.data, split, corpus, limit=1)[0].kind if split else "question"
+    model = build_model(cfg, ckpt)
+    prepare_index(cfg, corpus, model, build_dir=run_dir / "index" if run_dir else None, checkpoint=ckpt,
+                  progress=False)
+    env = setup()
+    model.to(env.device)
+    if question is not None:
+        answer_and_show(model, question, cfg, env.device, kind)
+        return
+    typer.echo("Ask a question (empty line or Ctrl-D to quit).")
+    for line in sys.stdin if not sys.stdin.isatty() else iter(lambda: input("> "), ""):
+        if not line.strip():
+            break
+        answer_and_show(model, line.strip(), cfg, env.device, kind)
+
+
+@app.command()
+@user_errors
+def plot(run_dir: Path = typer.Argument(..., help="A run folder with metrics.jsonl."),
+         out: Optional[Path] = typer.Option(None, help="Where to write the PNGs (default RUN_DIR/plots).")):
+    """Write PNG curves: losses, acceptance rate, gradient norms, evaluation metrics."""
+    from jsarag.eval.plots import plot_run
+
+    for path in plot_run(run_dir, out):
+        typer.echo(str(path))
+
+
+@app.command()
+@user_errors
+def quickstart(out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Run folder (replaced)."),
+               overrides: Optional[list[str]] = OVERRIDES):
+    """Index the shipped dialogue sample, evaluate, train JSA-RAG briefly, evaluate again, compare."""
+    from jsarag.quickstart import run_quickstart
+
+    run_quickstart(out, overrides or [])
+
+
+def main() -> None:
+    from transformers.utils import logging as hf_logging
+
+    # jsarag shows its own progress bars; the per-load "Loading weights" bars are noise on a terminal.
+    hf_logging.disable_progress_bar()
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Typed run configuration: one dataclass per component, YAML in and out, dotted overrides.
+
+    cfg = load_config("configs/tiny.yaml", ["optim.lr_generator=1e-4", "estimator.name=vrag"])
+    save_config(cfg, run_dir / "config.yaml")
+
+Every field has a default, so a YAML file only states what differs. Unknown keys and mistyped values
+raise ``ConfigError`` with the dotted key in the message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from jsarag.configtools import ConfigError, apply_overrides, dump_yaml, from_dict, load_yaml, to_dict
+from jsarag.estimators.jsa import JSAConfig
+from jsarag.estimators.rag_sequence import RagSequenceConfig
+from jsarag.estimators.rag_token import RagTokenConfig
+from jsarag.estimators.vrag import VRAGConfig
+
+
+@dataclass
+class DataConfig:
+    """JSONL files in the schema of docs/data.md. ``builtin:NAME/FILE`` names a dataset shipped in the
+    package (the quickstart's)."""
+    corpus: str = ""
+    train: str | None = None
+    dev: str | None = None
+    test: str | None = None
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+
+
+@dataclass
+class RetrieverConfig:
+    model: str = "builtin:minilm"
+    posterior_model: str | None = None  # None: a copy of the prior query encoder
+    pooling: Literal["mean", "cls"] = "mean"
+    normalize: bool = True
+    temperature: float = 0.1
+    max_query_length: int = 128
+    max_passage_length: int = 256
+    query_truncation: Literal["left", "right"] = "left"  # left keeps a dialogue's last turns
+    posterior_separator: str = " [SEP] "
+    train_passage_encoder: bool = False
+
+    def validate(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError("retriever.temperature must be positive")
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] | None = None  # None: peft's default for the architecture
+
+
+@dataclass
+class GeneratorConfig:
+    model: str = "builtin:smollm2-135m-instruct"
+    kind: Literal["auto", "causal", "seq2seq"] = "auto"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    use_chat_template: bool = True
+    qa_instruction: str = "Answer the question using the passage. Reply with a short answer only."
+    dialogue_instruction: str = "Write the next system turn of the dialogue, using the passage."
+    max_passage_tokens: int = 192
+    max_query_tokens: int = 128
+    max_answer_tokens: int = 48
+    score_batch_size: int = 32
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class IndexConfig:
+    path: str | None = None  # a folder built by `jsarag index build`; None: build into the run folder
+    factory: str = "Flat"
+    search_params: str = ""  # e.g. "nprobe=16" or "efSearch=128"
+    batch_size: int = 64
+    refresh_every: int = 0  # steps between re-encodings of the corpus when the passage encoder trains
+
+
+@dataclass
+class EstimatorConfig:
+    name: Literal["rag_sequence", "rag_token", "vrag", "jsa"] = "jsa"
+    top_k: int = 10
+    rag_sequence: RagSequenceConfig = field(default_factory=RagSequenceConfig)
+    rag_token: RagTokenConfig = field(default_factory=RagTokenConfig)
+    vrag: VRAGConfig = field(default_factory=VRAGConfig)
+    jsa: JSAConfig = field(default_factory=JSAConfig)
+
+    def options(self):
+        """The config object of the selected estimator."""
+        return getattr(self, self.name)
+
+
+@dataclass
+class OptimConfig:
+    lr_generator: float = 2e-5
+    lr_prior: float = 1e-5
+    lr_posterior: float = 1e-5
+    lr_passage: float = 1e-5
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 0
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    batch_size: int = 8  # examples per optimiser step, over all processes and accumulation steps
+    grad_accum_steps: int = 1
+    seed: int = 0
+    precision: Literal["bf16", "fp32"] = "bf16"
+    log_every: int = 1
+    save_every: int = 50
+    eval_every: int = 0  # 0: evaluate only at the end
+    keep_checkpoints: int = 2
+    tensorboard: bool = True
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    split: Literal["dev", "test", "train"] = "dev"
+    top_k: int = 5
+    decode: Literal["per_passage", "concat"] = "per_passage"
+    num_beams: int = 1
+    max_new_tokens: int = 32
+    batch_size: int = 8
+    retrieval_ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    retriever: RetrieverConfig = field(default_factory=RetrieverConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or start from the defaults when ``path`` is None) and apply overrides."""
+    data = load_yaml(path) if path is not None else {}
+    apply_overrides(data, Config, list(overrides or []))
+    return from_dict(Config, data)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    dump_yaml(cfg, path)
+
+
+__all__ = ["Config", "ConfigError", "DataConfig", "RetrieverConfig", "GeneratorConfig", "LoraConfig",
+           "IndexConfig", "EstimatorConfig", "OptimConfig", "TrainConfig", "EvalConfig", "load_config",
+           "save_config", "to_dict"]

@@ -1,0 +1,102 @@
+"""What every estimator shares: the contract, candidate sets, sampling, and selective scoring.
+
+An estimator is a callable ``estimator(model, batch) -> (loss, metrics)``: it owns no model, returns a
+scalar loss to minimise and a dict of detached floats. ``trains`` names the components whose
+parameters it produces gradients for (see ``jsarag.models.rag.COMPONENTS``). Estimators with state
+across steps (the JSA chain cache) expose ``state_dict`` / ``load_state_dict`` for checkpoints.
+
+Notation: B examples, K candidates, M proposals; rows are corpus row numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from jsarag.data import Batch
+
+
+class Estimator(Protocol):
+    trains: frozenset[str]
+
+    def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class Stateless:
+    """Mixin for estimators without state across steps."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        return None
+
+
+def candidate_union(row_sets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example ordered union of several [B, k_i] row tensors (entries < 0 are ignored).
+
+    Returns rows [B, K'] (K' = the largest union; padding repeats a valid row) and mask [B, K'].
+    """
+    unions: list[list[int]] = []
+    for parts in zip(*(r.tolist() for r in row_sets)):
+        seen: dict[int, None] = {}
+        for part in parts:
+            for row in part:
+                if row >= 0:
+                    seen.setdefault(row, None)
+        unions.append(list(seen))
+    width = max(map(len, unions))
+    device = row_sets[0].device
+    rows = torch.tensor([u + [u[0]] * (width - len(u)) for u in unions], dtype=torch.long, device=device)
+    mask = torch.tensor([[True] * len(u) + [False] * (width - len(u)) for u in unions], device=device)
+    return rows, mask
+
+
+def weighted_sum(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """sum_k w_k v_k over the last dim, with 0 * (-inf) taken as 0 (masked candidates): [B, K] -> [B]."""
+    return (weights * values.masked_fill(weights == 0, 0.0)).sum(-1)
+
+
+def sample_candidates(log_probs: torch.Tensor, num: int, generator: torch.Generator | None = None
+                      ) -> torch.Tensor:
+    """``num`` i.i.d. draws (with replacement) from each row's categorical: [B, K] -> [B, num]."""
+    return torch.multinomial(log_probs.detach().exp(), num, replacement=True, generator=generator)
+
+
+def count_states(states: torch.Tensor, num_candidates: int) -> torch.Tensor:
+    """How often each candidate occurs in each row of ``states``: [B, M] -> [B, K] (float)."""
+    counts = torch.zeros(states.shape[0], num_candidates, device=states.device)
+    return counts.scatter_add_(1, states, torch.ones_like(states, dtype=counts.dtype))
+
+
+def score_selected(model, batch: Batch, rows: torch.Tensor, selected: torch.Tensor, reduction: str
+                   ) -> torch.Tensor:
+    """log p_g(y | x, h) only where ``selected`` [B, K] is True, as one batched generator call.
+
+    Returns [B, K] with 0 where not selected; gradient flows unless the caller disables it.
+    """
+    b_idx, k_idx = selected.nonzero(as_tuple=True)
+    corpus = model.retriever.corpus
+    picked = rows[b_idx, k_idx].tolist()
+    b_list = b_idx.tolist()
+    values = model.generator.pair_logprob([batch.queries[b] for b in b_list], batch.kind,
+                                          [corpus[r] for r in picked], [batch.answers[b] for b in b_list],
+                                          reduction)
+    out = torch.zeros(selected.shape, device=values.device, dtype=values.dtype)
+    return out.index_put((b_idx.to(values.device), k_idx.to(values.device)), values)
+
+
+def score_picks(model, batch: Batch, rows: torch.Tensor, picks: torch.Tensor, reduction: str) -> torch.Tensor:
+    """log p_g(y | x, h) for every picked candidate, duplicates included: [B, M] indices -> [B, M]."""
+    B, M = picks.shape
+    chosen = rows.gather(1, picks).reshape(-1).tolist()
+    corpus = model.retriever.corpus
+    values = model.generator.pair_logprob([q for q in batch.queries for _ in range(M)], batch.kind,
+                                          [corpus[r] for r in chosen], [a for a in batch.answers for _ in range(M)],
+                                          reduction)
+    return values.view(B, M)

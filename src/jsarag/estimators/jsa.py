@@ -1,0 +1,186 @@
+"""JSA-RAG: joint stochastic approximation with a Metropolis independence sampler.
+
+Cao, Wu, Cai, Zhao, Ou, "Improving End-to-End Training of Retrieval-Augmented Generation Models via
+Joint Stochastic Approximation", arXiv 2508.18168 (2025); JSA: Ou & Song, UAI 2020, arXiv 2005.14001.
+
+Target: the posterior of the joint model over a candidate set U,  p(h | x, y) ∝ p_r(h|x) p_g(y|x,h).
+Proposal: the posterior retriever q(h | x, y). Per example:
+
+1. U = topK prior ∪ topK posterior (∪ the cached state); log p_r and log q renormalised over U.
+2. Draw m proposals h'_1..h'_m ~ q, i.i.d., with replacement.
+3. Score log p_g(y|x,h') without gradient, once per DISTINCT proposal (at most |U| passes).
+4. MIS in log space, with  log w(h) = log p_r(h|x) + log p_g(y|x,h) - log q(h|x,y):
+       h_1 = h'_1 (or h_0 = the cached state and proposals start at i = 1)
+       accept h'_i with probability min(1, w(h'_i) / w(h_{i-1})), else h_i = h_{i-1}.
+5. loss = (1/m) sum_i [ -log p_g(y|x,h_i) - log p_r(h_i|x) - log q(h_i|x,y) ]
+   computed as a count-weighted sum over distinct chain states; the generator runs with gradient
+   once per distinct state. The three terms touch disjoint parameters: the generator and the prior
+   climb log p(y|x) (Fisher identity at stationarity), the posterior descends KL(p(.|x,y) || q).
+
+Switches (default = textbook JSA, exact):
+- ``reduction``: ``sum`` over answer tokens (exact posterior), or ``mean`` (the released code; the
+  chain then targets the tempered posterior p_r * p_g^(1/|y|)), in both the acceptance ratio and the
+  generator loss.
+- ``chain_cache``: off (the released code: a fresh chain every step) or on (the JSA paper: the last
+  state per example is kept and starts the next chain; saved with checkpoints).
+- ``candidates``: ``union`` (released code) or ``posterior`` top K only (an earlier prototype).
+- ``score_all_proposals``: the released code's cost profile, as a reference for benchmarks: the
+  generator scores all m proposals and all m chain states, duplicates included (same estimate).
+
+Deviations from the paper:
+1. Distinct proposals and distinct states are scored once each (the released code scores all m).
+2. With the cache on, the cached passage joins U even when neither retriever ranks it in its top K,
+   so that p_r, q and w are defined for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from jsarag.data import Batch
+from jsarag.estimators.base import (candidate_union, count_states, sample_candidates, score_picks,
+                                    score_selected, weighted_sum)
+
+
+@dataclass
+class JSAConfig:
+    num_proposals: int = 50
+    reduction: Literal["sum", "mean"] = "sum"
+    chain_cache: bool = False
+    candidates: Literal["union", "posterior"] = "union"
+    score_all_proposals: bool = False
+
+    def validate(self) -> None:
+        if self.num_proposals < 1:
+            raise ValueError("jsa.num_proposals must be at least 1")
+
+
+def log_importance_weights(log_prior: torch.Tensor, seq_loglik: torch.Tensor, log_post: torch.Tensor
+                           ) -> torch.Tensor:
+    """log w(h) = log p_r(h|x) + log p_g(y|x,h) - log q(h|x,y): [B, K] x 3 -> [B, K]."""
+    return log_prior + seq_loglik - log_post
+
+
+def mis_chain(log_w: torch.Tensor, proposals: torch.Tensor, log_u: torch.Tensor,
+              init: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Metropolis independence sampler over candidate indices, vectorised over the batch.
+
+    log_w [B, K] importance weights; proposals [B, M] candidate indices drawn from q; log_u [B, M]
+    log-uniforms; init [B] the previous state (chain cache) or None, in which case the chain starts
+    at the first proposal, counted as accepted. Returns states [B, M] and accepted [B, M] (bool).
+    """
+    B, M = proposals.shape
+    states = torch.empty_like(proposals)
+    accepted = torch.zeros(B, M, dtype=torch.bool, device=proposals.device)
+    if init is None:
+        current, start = proposals[:, 0], 1
+        states[:, 0], accepted[:, 0] = current, True
+    else:
+        current, start = init, 0
+    current_log_w = log_w.gather(1, current[:, None]).squeeze(1)
+    proposal_log_w = log_w.gather(1, proposals)  # [B, M]
+    for i in range(start, M):
+        accept = log_u[:, i] < proposal_log_w[:, i] - current_log_w
+        current = torch.where(accept, proposals[:, i], current)
+        current_log_w = torch.where(accept, proposal_log_w[:, i], current_log_w)
+        states[:, i], accepted[:, i] = current, accept
+    return states, accepted
+
+
+def jsa_losses(state_weights: torch.Tensor, seq_loglik: torch.Tensor, log_prior: torch.Tensor,
+               log_post: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-example generator, prior and posterior losses, averaged over the chain states.
+
+    state_weights [B, K]: fraction of the m chain states at each candidate (rows sum to 1).
+    Returns three [B] tensors: -E[log p_g], -E[log p_r], -E[log q] under the chain's states.
+    """
+    return (-weighted_sum(state_weights, seq_loglik), -weighted_sum(state_weights, log_prior),
+            -weighted_sum(state_weights, log_post))
+
+
+class JSA:
+    trains = frozenset({"prior", "posterior", "passage", "generator"})
+
+    def __init__(self, cfg: JSAConfig | None = None, top_k: int = 10):
+        self.cfg = cfg or JSAConfig()
+        self.top_k = top_k
+        self.cache: dict[str, str] = {}  # example id -> passage id of its last chain state
+
+    def state_dict(self) -> dict:
+        return {"cache": dict(self.cache)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.cache = dict(state.get("cache", {}))
+
+    def _cached_rows(self, batch: Batch, corpus, device) -> torch.Tensor | None:
+        if not self.cfg.chain_cache:
+            return None
+        rows = [corpus.row(self.cache[i]) if i in self.cache else -1 for i in batch.ids]
+        return torch.tensor(rows, dtype=torch.long, device=device)[:, None]  # [B, 1]
+
+    def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        retriever, cfg = model.retriever, self.cfg
+        M = cfg.num_proposals
+        # 1. Candidate set U and both retrievers' log-probabilities over it (with gradient).
+        prior_query = retriever.prior_vectors(batch.queries)                               # [B, d]
+        post_query = retriever.posterior_vectors(batch.queries, batch.answers)             # [B, d]
+        row_sets = [retriever.search(post_query, self.top_k)]
+        if cfg.candidates == "union":
+            row_sets.insert(0, retriever.search(prior_query, self.top_k))
+        cached = self._cached_rows(batch, retriever.corpus, prior_query.device)
+        if cached is not None:
+            row_sets.append(cached)
+        rows, mask = candidate_union(row_sets)                                             # [B, K']
+        log_prior = retriever.log_probs(prior_query, rows, mask)                           # [B, K']
+        log_post = retriever.log_probs(post_query, rows, mask)                             # [B, K']
+        K = rows.shape[1]
+        # 2. m proposals from q.
+        proposals = sample_candidates(log_post, M)                                         # [B, M]
+        # 3. Generator log-likelihood of each distinct proposal (and the cached state), no gradient.
+        init = None
+        if cached is not None and (cached >= 0).any():
+            has = cached[:, 0] >= 0
+            init = torch.where(has, (rows == cached).long().argmax(1), proposals[:, 0])
+        to_score = count_states(proposals, K) > 0
+        if init is not None:
+            to_score[torch.arange(len(batch)), init] = True
+        with torch.no_grad():
+            if cfg.score_all_proposals:  # released cost profile: every proposal, duplicates included
+                picks = proposals if init is None else torch.cat([init[:, None], proposals], 1)
+                seq_loglik = torch.zeros(rows.shape, device=rows.device).scatter(
+                    1, picks, score_picks(model, batch, rows, picks, cfg.reduction))
+            else:
+                seq_loglik = score_selected(model, batch, rows, to_score, cfg.reduction)   # [B, K']
+        # 4. Metropolis independence sampling in log space.
+        log_w = log_importance_weights(log_prior.detach(), seq_loglik, log_post.detach())
+        log_u = torch.rand(proposals.shape, device=proposals.device).log()
+        states, accepted = mis_chain(log_w, proposals, log_u, init)                        # [B, M]
+        # 5. Loss averaged over chain states; generator gradient once per distinct state.
+        weights = count_states(states, K) / M                                              # [B, K']
+        if cfg.score_all_proposals:  # the same loss from all m states, duplicates included
+            loss_gen = -score_picks(model, batch, rows, states, cfg.reduction).mean(-1)
+            _, loss_prior, loss_post = jsa_losses(weights, torch.zeros_like(weights), log_prior, log_post)
+        else:
+            seq_loglik_grad = score_selected(model, batch, rows, weights > 0, cfg.reduction)  # [B, K']
+            loss_gen, loss_prior, loss_post = jsa_losses(weights, seq_loglik_grad, log_prior, log_post)
+        loss = (loss_gen + loss_prior + loss_post).mean()
+        if cfg.chain_cache:
+            last = rows.gather(1, states[:, -1:]).squeeze(1).tolist()
+            self.cache.update({i: retriever.corpus[r].id for i, r in zip(batch.ids, last)})
+        # 6. Diagnostics. A chain's first step is a real transition only from a cached state.
+        is_transition = torch.ones_like(accepted)
+        is_transition[:, 0] = False if init is None else cached[:, 0] >= 0
+        transitions = accepted[is_transition]
+        return loss, {
+            "loss": loss.item(),
+            "loss_gen": loss_gen.mean().item(),
+            "loss_prior": loss_prior.mean().item(),
+            "loss_post": loss_post.mean().item(),
+            "accept_rate": transitions.float().mean().item() if transitions.numel() else float("nan"),
+            "distinct_states": (weights > 0).sum(-1).float().mean().item(),
+            "distinct_proposals": to_score.sum(-1).float().mean().item(),
+            "candidates": mask.sum(-1).float().mean().item(),
+        }

@@ -1,0 +1,1 @@
+"""Evaluation: generation (EM, F1, BLEU, ROUGE) and retrieval (recall@k, MRR) metrics."""

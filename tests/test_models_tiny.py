@@ -1,0 +1,270 @@
+"""Retriever, generator and estimators on tiny random models built from configs (no downloads)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from helpers import tiny_passages
+from jsarag.config import Config, GeneratorConfig, LoraConfig, RetrieverConfig
+from jsarag.data import Batch, Corpus, Example
+from jsarag.estimators import ESTIMATORS, JSA, JSAConfig, VRAGConfig, build_estimator
+from jsarag.index import build_index
+from jsarag.models.generator import Generator
+from jsarag.models.pretrained import ModelNotFoundError
+from jsarag.models.rag import COMPONENTS, RAGModel
+from jsarag.models.retriever import Retriever
+from jsarag.pipeline import build_model
+from jsarag.train.optim import build_optimizer
+
+EXAMPLES = [
+    Example("e1", "Which river flows to the North Sea?", ("the Rhine",), ("p2",), "question"),
+    Example("e2", "Who invented alternating current systems?", ("Nikola Tesla",), ("p3",), "question"),
+    Example("e3", "What is the capital of France?", ("Paris",), ("p0",), "question"),
+]
+
+
+def make_model(generator="builtin:tiny-llama", *, train_passage=False, lora=False, n=8) -> RAGModel:
+    torch.manual_seed(0)
+    corpus = Corpus(tiny_passages(n))
+    retriever = Retriever.from_config(RetrieverConfig(model="builtin:tiny-bert",
+                                                      train_passage_encoder=train_passage))
+    gen = Generator.from_config(GeneratorConfig(model=generator, max_answer_tokens=8,
+                                                lora=LoraConfig(enabled=lora, r=4, alpha=8)))
+    retriever.attach(build_index(corpus, retriever.passage, progress=False), corpus)
+    return RAGModel(retriever, gen)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_model()
+
+
+@pytest.fixture
+def batch():
+    return Batch.from_examples(EXAMPLES)
+
+
+# ---- retriever ---------------------------------------------------------------------------------
+def test_log_prior_is_a_normalised_distribution_with_gradient_into_the_query_encoder(model, batch):
+    retriever = model.retriever
+    rows = torch.tensor([[0, 1, 2], [3, 4, 5], [6, 7, 0]])
+    log_prior = retriever.log_prior(batch.queries, rows)
+    assert log_prior.shape == (3, 3)
+    torch.testing.assert_close(log_prior.exp().sum(-1), torch.ones(3))
+    log_prior[:, 0].sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in retriever.prior.parameters())
+    assert all(p.grad is None for p in retriever.passage.parameters())
+    retriever.zero_grad()
+
+
+def test_frozen_passage_vectors_come_from_the_index_not_from_re_encoding(model, batch, monkeypatch):
+    retriever = model.retriever
+    rows = torch.tensor([[0, 1], [2, 3], [4, 5]])
+    expected = torch.from_numpy(retriever.index.reconstruct(rows.numpy()))
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the frozen passage encoder was run")
+
+    monkeypatch.setattr(retriever.passage, "forward", forbidden)
+    torch.testing.assert_close(retriever.candidate_vectors(rows), expected)
+    retriever.log_prior(batch.queries, rows)
+
+
+def test_trainable_passage_encoder_gets_gradient_from_re_encoded_candidates(batch):
+    model = make_model(train_passage=True)
+    rows = torch.tensor([[0, 1], [2, 3], [4, 0]])
+    model.retriever.log_prior(batch.queries, rows)[:, 0].sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.retriever.passage.parameters())
+
+
+def test_posterior_reads_query_separator_answer_and_starts_as_a_copy_of_the_prior(model):
+    retriever = model.retriever
+    assert retriever.posterior_text("Q?", "A") == "Q? [SEP] A"
+    prior, post = retriever.prior.state_dict(), retriever.posterior.state_dict()
+    assert all(torch.equal(prior[k], post[k]) for k in prior)
+    assert retriever.prior.model is not retriever.posterior.model
+    mask = torch.tensor([[True, True, False]] * 3)
+    rows = torch.tensor([[0, 1, 2]] * 3)
+    log_q = retriever.log_posterior([e.query for e in EXAMPLES], [e.answers[0] for e in EXAMPLES], rows, mask)
+    assert torch.isinf(log_q[:, 2]).all() and torch.allclose(log_q[:, :2].exp().sum(-1), torch.ones(3))
+
+
+# ---- generator ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["builtin:tiny-llama", "builtin:tiny-t5", "builtin:tiny-bart"])
+def test_sequence_logprob_reductions_batching_and_padding(name, batch):
+    model = make_model(name)
+    gen, passages = model.generator, model.retriever.passages(torch.tensor([[0, 1], [2, 3], [4, 5]]))
+    with torch.no_grad():
+        tokens, mask = gen.token_logprobs(batch.queries, batch.kind, passages, batch.answers)
+        summed = gen.sequence_logprob(batch.queries, batch.kind, passages, batch.answers, "sum")
+        mean = gen.sequence_logprob(batch.queries, batch.kind, passages, batch.answers, "mean")
+        gen.score_batch_size = 1  # one pair per forward: no padding at all
+        alone = gen.sequence_logprob(batch.queries, batch.kind, passages, batch.answers, "sum")
+    torch.testing.assert_close(summed, tokens.sum(-1))
+    torch.testing.assert_close(mean, summed / mask.sum(-1, keepdim=True))
+    torch.testing.assert_close(summed, alone, atol=1e-4, rtol=1e-5)  # padding and batching change nothing
+    assert (tokens[~mask[:, None, :].expand_as(tokens)] == 0).all()
+    assert (summed < 0).all()
+
+
+def test_causal_loss_covers_exactly_the_answer_tokens(model):
+    """Same number as transformers' own loss with the prompt masked out of the labels."""
+    gen = model.generator
+    passage = model.retriever.corpus[2]
+    query, answer = EXAMPLES[0].query, EXAMPLES[0].answers[0]
+    with torch.no_grad():
+        ours = gen.pair_logprob([query], "question", [passage], [answer])[0]
+        prompt = gen.prompts.prompt_ids(query, "question", [passage])
+        target = gen.prompts.answer_ids(answer)
+        ids = torch.tensor([prompt + target])
+        labels = torch.tensor([[-100] * len(prompt) + target])
+        hf_mean_nll = gen.model(input_ids=ids, labels=labels).loss
+    assert ours.item() == pytest.approx(-hf_mean_nll.item() * len(target), rel=1e-5)
+
+
+def test_generate_one_passage_or_concatenated(model, batch):
+    gen = model.generator
+    passages = model.retriever.passages(torch.tensor([[0, 1], [2, 3], [4, 5]]))
+    texts, confidence = gen.generate(batch.queries, batch.kind, passages, max_new_tokens=4)
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+    assert confidence.shape == (3,) and (confidence <= 0).all()
+    texts, _ = gen.generate(batch.queries, batch.kind, passages, max_new_tokens=4, num_beams=2)
+    assert len(texts) == 3
+    two = gen.prompts.prompt_ids(batch.queries[0], "question", passages[0])
+    one = gen.prompts.prompt_ids(batch.queries[0], "question", passages[0][:1])
+    assert len(two) > len(one)
+
+
+def test_dialogue_context_is_truncated_from_the_left(model):
+    prompts = model.generator.prompts
+    history = "\n".join(f"User: turn number {i} about hotels" for i in range(200))
+    ids = prompts.query_ids(history, "context")
+    text = model.generator.tokenizer.decode(ids)
+    assert "199" in text and " 0 about" not in text
+
+
+def test_unknown_model_name_is_a_clear_error():
+    cfg = Config()
+    cfg.retriever.model = "no-such-org/no-such-model"
+    with pytest.raises(ModelNotFoundError, match="cannot load a model"):
+        build_model(cfg)
+    cfg.retriever.model = "builtin:nope"
+    with pytest.raises(ModelNotFoundError, match="unknown built-in model 'builtin:nope'"):
+        build_model(cfg)
+
+
+# ---- estimators: one optimisation step each ----------------------------------------------------
+VARIANTS = {
+    "rag_sequence": ("rag_sequence", {}),
+    "rag_token": ("rag_token", {}),
+    "vrag_exact": ("vrag", {"vrag": VRAGConfig(mode="exact")}),
+    "vrag_sampled": ("vrag", {"vrag": VRAGConfig(mode="sampled", num_samples=3)}),
+    "jsa_sum": ("jsa", {"jsa": JSAConfig(num_proposals=6)}),
+    "jsa_mean_cache_posterior": ("jsa", {"jsa": JSAConfig(num_proposals=6, reduction="mean", chain_cache=True,
+                                                          candidates="posterior")}),
+}
+
+
+def snapshot(model) -> dict[str, dict[str, torch.Tensor]]:
+    return {name: copy.deepcopy(model.component(name).state_dict()) for name in COMPONENTS}
+
+
+def changed(before, after) -> bool:
+    return any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_one_step_changes_trained_components_and_nothing_else(variant, batch):
+    model = make_model()
+    cfg = Config().estimator
+    cfg.name, options = VARIANTS[variant]
+    cfg.top_k = 3
+    for key, value in options.items():
+        setattr(cfg, key, value)
+    estimator = build_estimator(cfg)
+    trained = set(estimator.trains) - {"passage"}
+    model.set_trainable(trained)
+    model.train()
+    optimizer = build_optimizer(model, Config().optim)
+    for group in optimizer.param_groups:
+        group["lr"] = 1e-2
+    before = snapshot(model)
+    loss, metrics = model(batch, estimator)
+    assert torch.isfinite(loss) and metrics["loss"] == pytest.approx(loss.item())
+    loss.backward()
+    optimizer.step()
+    after = snapshot(model)
+    for name in COMPONENTS:
+        assert changed(before[name], after[name]) == (name in trained), name
+    if cfg.name == "jsa":
+        assert 0.0 <= metrics["accept_rate"] <= 1.0
+        assert 1 <= metrics["distinct_states"] <= metrics["distinct_proposals"] <= metrics["candidates"]
+
+
+def test_lora_trains_only_the_adapter(batch):
+    model = make_model(lora=True)
+    estimator = ESTIMATORS["rag_sequence"](top_k=2)
+    model.set_trainable(estimator.trains - {"passage"})
+    base = {k: v.clone() for k, v in model.generator.model.state_dict().items() if "lora_" not in k}
+    lora = {k: v.clone() for k, v in model.generator.model.state_dict().items() if "lora_" in k}
+    optimizer = build_optimizer(model, Config().optim)
+    loss, _ = model(batch, estimator)
+    loss.backward()
+    optimizer.step()
+    state = model.generator.model.state_dict()
+    assert lora and all(torch.equal(base[k], state[k]) for k in base)
+    assert any(not torch.equal(lora[k], state[k]) for k in lora)
+
+
+def test_jsa_chain_cache_starts_the_next_chain_and_round_trips(model, batch, monkeypatch):
+    import jsarag.estimators.jsa as jsa_module
+
+    estimator = JSA(JSAConfig(num_proposals=5, chain_cache=True), top_k=3)
+    with torch.no_grad():
+        estimator(model, batch)
+    assert set(estimator.cache) == {"e1", "e2", "e3"}
+    state = estimator.state_dict()
+    restored = JSA(JSAConfig(num_proposals=5, chain_cache=True), top_k=3)
+    restored.load_state_dict(copy.deepcopy(state))
+    assert restored.cache == estimator.cache
+    seen = {}
+    original = jsa_module.mis_chain
+
+    def spy(log_w, proposals, log_u, init=None):
+        seen["init"] = init
+        return original(log_w, proposals, log_u, init)
+
+    monkeypatch.setattr(jsa_module, "mis_chain", spy)
+    captured_rows = {}
+    original_union = jsa_module.candidate_union
+
+    def union_spy(row_sets):
+        rows, mask = original_union(row_sets)
+        captured_rows["rows"] = rows
+        return rows, mask
+
+    monkeypatch.setattr(jsa_module, "candidate_union", union_spy)
+    with torch.no_grad():
+        restored(model, batch)
+    starts = captured_rows["rows"].gather(1, seen["init"][:, None]).squeeze(1).tolist()
+    corpus = model.retriever.corpus
+    assert [corpus[r].id for r in starts] == [state["cache"][i] for i in batch.ids]
+
+
+def test_jsa_released_cost_profile_gives_the_same_loss(model, batch):
+    values = []
+    for score_all in (False, True):
+        torch.manual_seed(3)
+        estimator = JSA(JSAConfig(num_proposals=6, score_all_proposals=score_all), top_k=3)
+        with torch.no_grad():
+            loss, metrics = estimator(model, batch)
+        values.append((loss.item(), metrics["accept_rate"]))
+    assert values[0][0] == pytest.approx(values[1][0], rel=1e-5)
+    assert values[0][1] == values[1][1]
+
+
+def test_registry_names():
+    assert set(ESTIMATORS) == {"rag_sequence", "rag_token", "vrag", "jsa"}
