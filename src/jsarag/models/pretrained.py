@@ -137,7 +137,8 @@ def _materialise(name: str, build: Callable[[Path], None], provenance: str) -> P
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
     try:
-        build(tmp)
+        with torch.random.fork_rng():  # building must not depend on, or disturb, the run's RNG stream
+            build(tmp)
         (tmp / "jsarag_provenance.json").write_text(json.dumps({"builtin": name, "source": provenance}))
         try:
             os.rename(tmp, target)
