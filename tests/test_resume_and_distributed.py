@@ -103,3 +103,27 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     records = [json.loads(line) for line in (double / "metrics.jsonl").read_text().splitlines()]
     spreads = [r["dist/param_spread"] for r in records if "dist/param_spread" in r]
     assert spreads and all(s == 0.0 for s in spreads)  # replicas identical after every checkpointed step
+
+
+def test_two_process_jsa_chain_caches_stay_complete(tmp_path):
+    """Each process runs the chains of its half of the batch; the caches are exchanged every step,
+    so the checkpoint (written by rank 0) holds a state for every example either process saw."""
+    import torch
+
+    from jsarag.config import load_config
+    from jsarag.pipeline import load_corpus, load_split
+    from jsarag.train.loop import BatchSchedule
+
+    args = ["estimator.jsa.chain_cache=true", "train.steps=3", "train.batch_size=4", "train.save_every=3",
+            "data.dev=null"]
+    run = tmp_path / "ddp-jsa"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29533", "-m", "jsarag", "train", TINY, "--out", str(run), *args],
+                          env=env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cfg = load_config(TINY, args)
+    examples = load_split(cfg.data, "train", load_corpus(cfg.data), cfg.data.max_train_examples)
+    schedule = BatchSchedule(len(examples), 4, cfg.train.seed)
+    seen = {examples[i].id for step in range(3) for i in schedule.global_batch(step)}
+    state = torch.load(run / "checkpoints" / "step_0000003" / "state.pt", weights_only=False)
+    assert set(state["estimator"]["cache"]) == seen

@@ -7,6 +7,7 @@ another corpus or encoder) prints one line on stderr and exits with code 2, writ
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 from pathlib import Path
@@ -163,6 +164,71 @@ def quickstart(out: Path = typer.Option(Path("runs/quickstart"), "--out", help="
     from jsarag.quickstart import run_quickstart
 
     run_quickstart(out, overrides or [])
+
+
+@app.command()
+@user_errors
+def compare(config: Path = typer.Argument(..., help="Dataset config (e.g. configs/squad/base.yaml)."),
+            name: str = typer.Option(..., help="Dataset name for the report: docs/results/NAME.md."),
+            out: Path = typer.Option(..., "--out", help="Study folder (runs, index, logs); rerun to resume."),
+            seeds: str = typer.Option("0,1,2", help="Comma-separated seeds."),
+            methods: str = typer.Option(",".join(["rag_sequence", "rag_token", "vrag_exact", "vrag_sampled",
+                                                  "jsa_sum", "jsa_mean"]), help="Comma-separated methods."),
+            variance_draws: int = typer.Option(20, help="Redraws for the gradient-variance table (0: skip)."),
+            report_dir: Path = typer.Option(Path("docs/results"), help="Where the report and plots go."),
+            overrides: Optional[list[str]] = OVERRIDES):
+    """Train every estimator from the same weights and data; write a results page with plots."""
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from jsarag.errors import UserError
+    from jsarag.study.compare import results_table, run_comparison, write_plots, write_report
+    from jsarag.study.methods import METHODS
+    from jsarag.study.variance import format_variance, gradient_variance
+
+    chosen = [m for m in methods.split(",") if m]
+    unknown = sorted(set(chosen) - set(METHODS))
+    if unknown:
+        raise UserError(f"unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})")
+    seed_list = [int(s) for s in seeds.split(",") if s]
+    extra = list(overrides or [])
+    results = run_comparison(config, out, seeds=seed_list, methods=chosen, overrides=extra)
+    variance_rows = []
+    if variance_draws > 0:
+        variance = gradient_variance(config, extra, chosen, draws=variance_draws)
+        (out / "variance.json").write_text(json.dumps(variance, indent=2))
+        variance_rows = format_variance(variance)
+    plots = write_plots(results, report_dir / name, seed=seed_list[0])
+    command = " ".join(["jsarag compare", str(config), f"--name {name}", f"--out {out}", f"--seeds {seeds}",
+                        f"--methods {methods}", f"--variance-draws {variance_draws}", *extra])
+    settings = (f"Config `{config}` with overrides `{' '.join(extra) or '(none)'}`; resolved config of every "
+                f"run in `{out}/seed*/<method>/config.yaml`.")
+    write_report(report_dir / f"{name}.md", name=name, command=command, settings=settings, results=results,
+                 variance_rows=variance_rows, plots=plots)
+    Console().print(Markdown("\n".join(results_table(results))))
+
+
+@app.command()
+@user_errors
+def variance(config: Path = typer.Argument(..., help="Dataset config."),
+             methods: str = typer.Option("rag_sequence,rag_token,vrag_exact,vrag_sampled,jsa_sum,jsa_mean"),
+             draws: int = typer.Option(20, help="Redraws of each estimator's randomness."),
+             batch_size: int = typer.Option(4, help="Examples in the fixed mini-batch."),
+             out: Optional[Path] = typer.Option(None, help="Write the results as JSON here."),
+             overrides: Optional[list[str]] = OVERRIDES):
+    """Gradient variance per component at fixed parameters and a fixed mini-batch."""
+    from jsarag.errors import UserError
+    from jsarag.study.methods import METHODS
+    from jsarag.study.variance import format_variance, gradient_variance
+
+    chosen = [m for m in methods.split(",") if m]
+    unknown = sorted(set(chosen) - set(METHODS))
+    if unknown:
+        raise UserError(f"unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})")
+    results = gradient_variance(config, list(overrides or []), chosen, draws=draws, batch_size=batch_size)
+    if out is not None:
+        out.write_text(json.dumps(results, indent=2))
+    typer.echo("\n".join(format_variance(results)))
 
 
 def main() -> None:

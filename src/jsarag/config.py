@@ -124,6 +124,15 @@ class TrainConfig:
     keep_checkpoints: int = 2
     tensorboard: bool = True
     progress: bool = True
+    freeze: list[str] = field(default_factory=list)  # components kept frozen, e.g. [prior] for a fixed retriever
+
+    def validate(self) -> None:
+        from jsarag.models.rag import COMPONENTS
+
+        unknown = sorted(set(self.freeze) - set(COMPONENTS))
+        if unknown:
+            raise ValueError(f"train.freeze: unknown component(s) {', '.join(unknown)} "
+                             f"(known: {', '.join(COMPONENTS)})")
 
 
 @dataclass

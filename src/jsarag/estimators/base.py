@@ -3,7 +3,8 @@
 An estimator is a callable ``estimator(model, batch) -> (loss, metrics)``: it owns no model, returns a
 scalar loss to minimise and a dict of detached floats. ``trains`` names the components whose
 parameters it produces gradients for (see ``jsarag.models.rag.COMPONENTS``). Estimators with state
-across steps (the JSA chain cache) expose ``state_dict`` / ``load_state_dict`` for checkpoints.
+across steps (the JSA chain cache) expose ``state_dict`` / ``load_state_dict`` for checkpoints, and
+``pop_updates`` / ``apply_updates`` so that data-parallel processes keep the same state.
 
 Notation: B examples, K candidates, M proposals; rows are corpus row numbers.
 """
@@ -26,6 +27,10 @@ class Estimator(Protocol):
 
     def load_state_dict(self, state: dict) -> None: ...
 
+    def pop_updates(self) -> dict: ...
+
+    def apply_updates(self, updates: dict) -> None: ...
+
 
 class Stateless:
     """Mixin for estimators without state across steps."""
@@ -34,6 +39,12 @@ class Stateless:
         return {}
 
     def load_state_dict(self, state: dict) -> None:
+        return None
+
+    def pop_updates(self) -> dict:
+        return {}
+
+    def apply_updates(self, updates: dict) -> None:
         return None
 
 

@@ -108,12 +108,22 @@ class JSA:
         self.cfg = cfg or JSAConfig()
         self.top_k = top_k
         self.cache: dict[str, str] = {}  # example id -> passage id of its last chain state
+        self._updates: dict[str, str] = {}  # cache entries written since the last pop_updates()
 
     def state_dict(self) -> dict:
         return {"cache": dict(self.cache)}
 
     def load_state_dict(self, state: dict) -> None:
         self.cache = dict(state.get("cache", {}))
+
+    def pop_updates(self) -> dict[str, str]:
+        """Cache entries written since the last call. Under DDP each process sees other examples, so
+        the training loop exchanges these after every step to keep all caches equal."""
+        updates, self._updates = self._updates, {}
+        return updates
+
+    def apply_updates(self, updates: dict[str, str]) -> None:
+        self.cache.update(updates)
 
     def _cached_rows(self, batch: Batch, corpus, device) -> torch.Tensor | None:
         if not self.cfg.chain_cache:
@@ -169,7 +179,8 @@ class JSA:
         loss = (loss_gen + loss_prior + loss_post).mean()
         if cfg.chain_cache:
             last = rows.gather(1, states[:, -1:]).squeeze(1).tolist()
-            self.cache.update({i: retriever.corpus[r].id for i, r in zip(batch.ids, last)})
+            self._updates.update({i: retriever.corpus[r].id for i, r in zip(batch.ids, last)})
+            self.cache.update(self._updates)
         # 6. Diagnostics. A chain's first step is a real transition only from a cached state.
         is_transition = torch.ones_like(accepted)
         is_transition[:, 0] = False if init is None else cached[:, 0] >= 0

@@ -113,6 +113,15 @@ def spread_across(params, env: DistEnv) -> float:
     return (high - low).abs().max().item()
 
 
+def peak_memory_mib(env: DistEnv) -> float:
+    """Peak memory of this process so far: GPU memory allocated on a GPU, resident set size on a CPU."""
+    if env.device.type == "cuda":
+        return torch.cuda.max_memory_allocated(env.device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -111,7 +111,12 @@ def _train(cfg: Config, run_dir: Path, resume: bool, env: dist.DistEnv) -> Path:
     dist.seed_everything(tc.seed)
     model = build_model(cfg, checkpoint)
     estimator = build_estimator(cfg.estimator)
-    trainable = set(estimator.trains) - (set() if cfg.retriever.train_passage_encoder else {"passage"})
+    trainable = set(estimator.trains) - set(tc.freeze)
+    if not cfg.retriever.train_passage_encoder:
+        trainable.discard("passage")
+    if not trainable:
+        raise UserError(f"nothing to train: {cfg.estimator.name} trains {sorted(estimator.trains)}, "
+                        f"all frozen by train.freeze")
     model.set_trainable(trainable)
     show = env.is_main and tc.progress
     index_dir = run_dir / "index" if cfg.index.path is None else None
@@ -164,10 +169,14 @@ def _train(cfg: Config, run_dir: Path, resume: bool, env: dist.DistEnv) -> Path:
                                     search_params=cfg.index.search_params, batch_size=cfg.index.batch_size,
                                     progress=False)
             model.retriever.attach(index, corpus)
+        for updates in dist.gather_objects(estimator.pop_updates(), env):  # e.g. JSA chain caches
+            estimator.apply_updates(updates)
         record = dist.mean_across(dict(sums), env)
         record.update({f"grad_norm/{k}": v for k, v in norms.items()})
         record.update(lrs)
         record["seconds"] = time.perf_counter() - began
+        if done == tc.steps:
+            record["peak_memory_mib"] = dist.peak_memory_mib(env)
         if done % tc.log_every == 0 or done == tc.steps:
             logger.log(done, record)
         bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "accept_rate") if k in record})

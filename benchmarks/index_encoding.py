@@ -1,0 +1,291 @@
+"""jsarag's index and passage encoder vs the raw libraries they wrap: FAISS and sentence-transformers.
+
+Index (random seeded float32 unit vectors, N x d, and 1,000 queries):
+- build: ``PassageIndex.from_vectors(vectors, factory="Flat", corpus_hash="x", encoder={})`` vs
+  ``faiss.IndexFlatIP(d); index.add(vectors)``;
+- search: ``PassageIndex.search(queries, 10)`` vs ``index.search(queries, 10)`` on the raw index; the top-10
+  ids must be identical;
+- the same for HNSW32: ``factory="HNSW32"`` vs ``faiss.index_factory(d, "HNSW32", METRIC_INNER_PRODUCT)``.
+  HNSW is built with several threads, so two builds may differ slightly; its search overhead is therefore
+  timed on one and the same graph (``PassageIndex.search`` vs ``its .index.search``), and the agreement of
+  the two separately built graphs is reported, not asserted.
+Headlines: ``build_overhead`` and ``search_overhead`` = median(ours / raw) - 1 (target <= 5%).
+
+Encoding (N real SQuAD passages, the text the index encodes: ``passage_text(p)``):
+``Encoder.from_pretrained("builtin:minilm").encode(texts, batch_size=64)`` vs
+``SentenceTransformer(minilm_path(), device="cpu").encode(texts, batch_size=64)``, max length 256 on both,
+in fp32 and under ``torch.autocast("cpu", dtype=torch.bfloat16)``. fp32 embeddings must agree to 1e-4.
+Headline: ``encode_throughput_ratio`` = ours / sentence-transformers passages per second (target >= 1.0).
+
+All timings are interleaved pairs (ours, raw, ours, raw, ...) after warm-up; figures are per-pair medians.
+
+Run:  .venv/bin/python benchmarks/index_encoding.py [--quick] [--skip-index | --skip-encoding] [--out f.json]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (DEFAULT_DATA, apply_threads, base_parser, describe_pair, emit, interleaved,  # noqa: E402
+                     machine_info, median, pick, quiet_libraries, say, summarize)
+
+OVERHEAD_TARGET = 0.05
+EMBEDDING_TOLERANCE = 1e-4
+
+
+def parse_args(argv=None):
+    p = base_parser(__doc__.split("\n\n")[0])
+    g = p.add_argument_group("index")
+    g.add_argument("--skip-index", action="store_true")
+    g.add_argument("--n", type=int, default=None, help="indexed vectors (default 100000, quick 20000)")
+    g.add_argument("--dim", type=int, default=384)
+    g.add_argument("--queries", type=int, default=1000)
+    g.add_argument("--k", type=int, default=10)
+    g.add_argument("--index-repeats", type=int, default=None,
+                   help="Flat build/search pairs (default 20, quick 5)")
+    g.add_argument("--hnsw-build-repeats", type=int, default=None,
+                   help="HNSW build pairs (default 5, quick 1)")
+    g.add_argument("--hnsw-search-repeats", type=int, default=None,
+                   help="HNSW search pairs (default 20, quick 5)")
+    g.add_argument("--no-hnsw", action="store_true")
+    e = p.add_argument_group("encoding")
+    e.add_argument("--skip-encoding", action="store_true")
+    e.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with corpus.jsonl")
+    e.add_argument("--passages", type=int, default=None, help="passages encoded (default 1000, quick 128)")
+    e.add_argument("--encode-repeats", type=int, default=None,
+                   help="pairs per precision (default 10, quick 2)")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--no-bf16", action="store_true", help="skip the bfloat16 autocast comparison")
+    return p.parse_args(argv)
+
+
+# ---- index ----------------------------------------------------------------------------------------
+def unit_vectors(rng, n: int, d: int):
+    import numpy as np
+
+    x = rng.standard_normal((n, d), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x)
+
+
+def overhead(pair) -> float:
+    return pair.ratio - 1.0
+
+
+def bench_index(args) -> dict:
+    import faiss
+    import numpy as np
+
+    from jsarag.index import PassageIndex
+
+    n = pick(args, "n", 100_000, 20_000)
+    reps = pick(args, "index_repeats", 20, 5)
+    hnsw_build_reps = pick(args, "hnsw_build_repeats", 5, 1)
+    hnsw_search_reps = pick(args, "hnsw_search_repeats", 20, 5)
+    d, k = args.dim, args.k
+    rng = np.random.default_rng(args.seed)
+    vectors = unit_vectors(rng, n, d)
+    queries = unit_vectors(rng, args.queries, d)
+    say(f"index: {n} x {d} float32 unit vectors (seed {args.seed}), {len(queries)} queries, k={k}")
+    verbose = say if args.verbose else None
+    out: dict = {"n": n, "dim": d, "queries": len(queries), "k": k}
+
+    def ours_flat():
+        return PassageIndex.from_vectors(vectors, factory="Flat", corpus_hash="x", encoder={})
+
+    def raw_flat():
+        index = faiss.IndexFlatIP(d)
+        index.add(vectors)
+        return index
+
+    build = interleaved(ours_flat, raw_flat, repeats=reps, warmup=1, a_name="ours", b_name="raw",
+                        progress=verbose, keep_last=True)
+    say(describe_pair("  Flat build", build, unit=1e-3, unit_name="ms"))
+    ours_index, raw_index = build.a_last, build.b_last
+    build.a_last = build.b_last = None
+    s_ours, i_ours = ours_index.search(queries, k)
+    s_raw, i_raw = raw_index.search(queries, k)
+    same_ids = bool(np.array_equal(i_ours, i_raw))
+    max_score_diff = float(np.abs(s_ours - s_raw).max())
+    search = interleaved(lambda: ours_index.search(queries, k), lambda: raw_index.search(queries, k),
+                         repeats=reps, warmup=1, a_name="ours", b_name="raw", progress=verbose)
+    say(describe_pair("  Flat search", search, unit=1e-3, unit_name="ms"))
+    say(f"  Flat results identical: ids {same_ids}, max |score diff| {max_score_diff:.2e}")
+    assert same_ids, "PassageIndex (Flat) returned other ids than faiss.IndexFlatIP"
+    out["flat"] = {"build": build.summary(), "search": search.summary(), "build_overhead": overhead(build),
+                   "search_overhead": overhead(search), "identical_ids": same_ids,
+                   "max_abs_score_diff": max_score_diff,
+                   "factory_index_type": type(ours_index.index).__name__,
+                   "raw_index_type": type(raw_index).__name__}
+    del ours_index, raw_index
+
+    if not args.no_hnsw:
+        def ours_hnsw():
+            return PassageIndex.from_vectors(vectors, factory="HNSW32", corpus_hash="x", encoder={})
+
+        def raw_hnsw():
+            index = faiss.index_factory(d, "HNSW32", faiss.METRIC_INNER_PRODUCT)
+            index.add(vectors)
+            return index
+
+        say(f"  HNSW32: {hnsw_build_reps} build pairs ...")
+        hbuild = interleaved(ours_hnsw, raw_hnsw, repeats=hnsw_build_reps, warmup=0, a_name="ours",
+                             b_name="raw", progress=verbose, keep_last=True)
+        say(describe_pair("  HNSW32 build", hbuild))
+        ours_h, raw_h = hbuild.a_last, hbuild.b_last
+        hbuild.a_last = hbuild.b_last = None
+        _, hi_ours = ours_h.search(queries, k)
+        _, hi_raw = raw_h.search(queries, k)
+        _, hi_same = ours_h.index.search(queries, k)
+        agree = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(hi_ours.tolist(), hi_raw.tolist())]))
+        _, exact = raw_flat().search(queries, k)  # ground truth for the recall figure
+        recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(hi_ours.tolist(), exact.tolist())]))
+        hsearch = interleaved(lambda: ours_h.search(queries, k), lambda: ours_h.index.search(queries, k),
+                              repeats=hnsw_search_reps, warmup=1, a_name="ours", b_name="raw",
+                              progress=verbose)
+        say(describe_pair("  HNSW32 search (same graph)", hsearch, unit=1e-3, unit_name="ms"))
+        same_graph = bool(np.array_equal(hi_ours, hi_same))
+        say(f"  HNSW32: same-graph ids identical {same_graph}; top-{k} overlap of "
+            f"the two separately built graphs {agree:.4f}; recall@{k} vs exact {recall:.4f}")
+        out["hnsw32"] = {"build": hbuild.summary(), "search": hsearch.summary(),
+                         "build_overhead": overhead(hbuild), "search_overhead": overhead(hsearch),
+                         "same_graph_identical_ids": same_graph,
+                         "separate_builds_topk_overlap": agree, "recall_at_k_vs_flat": recall,
+                         "search_timed_on": "one graph: PassageIndex.search vs PassageIndex.index.search"}
+        del ours_h, raw_h
+    out["build_overhead"] = out["flat"]["build_overhead"]
+    out["search_overhead"] = out["flat"]["search_overhead"]
+    return out
+
+
+# ---- encoding -------------------------------------------------------------------------------------
+def compare_embeddings(a, b) -> dict:
+    import numpy as np
+
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    cos = (a * b).sum(1) / (na * nb)
+    return {"max_abs_diff": float(np.abs(a - b).max()), "min_cosine": float(cos.min()),
+            "ours_norm_range": [float(na.min()), float(na.max())],
+            "st_norm_range": [float(nb.min()), float(nb.max())]}
+
+
+def bench_encoding(args) -> dict:
+    import contextlib
+
+    import numpy as np
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from jsarag.data import Corpus
+    from jsarag.models.encoder import Encoder
+    from jsarag.models.pretrained import minilm_path
+    from jsarag.models.retriever import passage_text
+
+    n = pick(args, "passages", 1000, 128)
+    reps = pick(args, "encode_repeats", 10, 2)
+    bs = args.batch_size
+    corpus = Corpus.from_jsonl(args.data / "corpus.jsonl")
+    texts = [passage_text(corpus[i]) for i in range(min(n, len(corpus)))]
+    ours = Encoder.from_pretrained("builtin:minilm")
+    st = SentenceTransformer(str(minilm_path()), device="cpu")
+    st.max_seq_length = ours.max_length
+    st.eval()
+    tokenized = ours.tokenizer(texts, truncation=True, max_length=ours.max_length)["input_ids"]
+    lengths = [len(ids) for ids in tokenized]
+    say(f"encoding: {len(texts)} SQuAD passages (tokens: median {median(lengths):.0f}, max {max(lengths)}, "
+        f"{sum(x == ours.max_length for x in lengths)} truncated at {ours.max_length}), batch {bs}, "
+        f"{reps} pairs per precision")
+    say(f"  sentence-transformers modules: {[type(m).__name__ for m in st]}")
+    verbose = say if args.verbose else None
+
+    def ours_encode():
+        return ours.encode(texts, batch_size=bs)
+
+    def st_encode():
+        return st.encode(texts, batch_size=bs, show_progress_bar=False, convert_to_numpy=True)
+
+    results: dict = {"passages": len(texts), "batch_size": bs, "max_length": ours.max_length,
+                     "st_max_seq_length": st.max_seq_length, "tokens_median": median(lengths),
+                     "tokens_max": max(lengths), "st_modules": [type(m).__name__ for m in st]}
+    precisions = [("fp32", contextlib.nullcontext)]
+    if not args.no_bf16:
+        precisions.append(("bf16_autocast", lambda: torch.autocast("cpu", dtype=torch.bfloat16)))
+    for label, ctx in precisions:
+        with ctx():
+            t0 = time.perf_counter()
+            e_ours = np.asarray(ours_encode(), dtype=np.float32)  # doubles as the warm-up of each side
+            t1 = time.perf_counter()
+            e_st = np.asarray(st_encode(), dtype=np.float32)
+            t2 = time.perf_counter()
+            agreement = compare_embeddings(e_ours, e_st)
+            say(f"  {label}: warm-up/check pass ours {t1 - t0:.2f}s, st {t2 - t1:.2f}s; max |diff| "
+                f"{agreement['max_abs_diff']:.2e}, min cosine {agreement['min_cosine']:.6f}")
+            pair = interleaved(ours_encode, st_encode, repeats=reps, warmup=0, a_name="ours",
+                               b_name="sentence_transformers", progress=verbose)
+        throughput_ratio = median(pair.inverse_ratios)
+        ours_pps = len(texts) / median(pair.a_seconds)
+        st_pps = len(texts) / median(pair.b_seconds)
+        say(describe_pair(f"  {label} encode", pair))
+        say(f"  {label}: ours {ours_pps:.1f} passages/s, sentence-transformers {st_pps:.1f} passages/s; "
+            f"throughput ratio ours/st = {throughput_ratio:.4f} "
+            f"[IQR {summarize(pair.inverse_ratios)['q1']:.4f}..{summarize(pair.inverse_ratios)['q3']:.4f}]")
+        results[label] = {"agreement": agreement, "timing": pair.summary(),
+                          "throughput_ratio": summarize(pair.inverse_ratios),
+                          "encode_throughput_ratio": throughput_ratio,
+                          "ours_passages_per_s": ours_pps, "st_passages_per_s": st_pps}
+        if label == "fp32":
+            assert agreement["max_abs_diff"] < EMBEDDING_TOLERANCE, (
+                f"fp32 embeddings differ from sentence-transformers: {agreement['max_abs_diff']:.3e}")
+    results["encode_throughput_ratio"] = results["fp32"]["encode_throughput_ratio"]
+    if "bf16_autocast" in results:
+        results["encode_throughput_ratio_bf16"] = results["bf16_autocast"]["encode_throughput_ratio"]
+    results["fp32_embeddings_agree"] = results["fp32"]["agreement"]["max_abs_diff"] < EMBEDDING_TOLERANCE
+    return results
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    quiet_libraries()
+    apply_threads(args.threads)
+    machine = machine_info()
+    say(f"index_encoding{' (quick)' if args.quick else ''}: {machine['cpu_model']}, "
+        f"{machine['usable_cores']} "
+        f"cores, torch threads {machine['torch_threads']}, faiss threads {machine['faiss_omp_threads']}, "
+        f"load {machine['load_average_at_start']}")
+    result: dict = {"benchmark": "index_encoding", "quick": args.quick}
+    if not args.skip_index:
+        index = bench_index(args)
+        result["build_overhead"] = index["build_overhead"]
+        result["search_overhead"] = index["search_overhead"]
+        if "hnsw32" in index:
+            result["hnsw32_build_overhead"] = index["hnsw32"]["build_overhead"]
+            result["hnsw32_search_overhead"] = index["hnsw32"]["search_overhead"]
+        result["index_targets_met"] = {key: result[key] <= OVERHEAD_TARGET for key in
+                                       ("build_overhead", "search_overhead", "hnsw32_build_overhead",
+                                        "hnsw32_search_overhead") if key in result}
+        say(f"build_overhead {result['build_overhead']:+.2%}, "
+            f"search_overhead {result['search_overhead']:+.2%} "
+            f"(Flat; target <= {OVERHEAD_TARGET:.0%})")
+        result["index"] = index
+    if not args.skip_encoding:
+        enc = bench_encoding(args)
+        result["encode_throughput_ratio"] = enc["encode_throughput_ratio"]
+        if "encode_throughput_ratio_bf16" in enc:
+            result["encode_throughput_ratio_bf16"] = enc["encode_throughput_ratio_bf16"]
+        result["encode_target_met"] = enc["encode_throughput_ratio"] >= 1.0
+        say(f"encode_throughput_ratio {enc['encode_throughput_ratio']:.4f} (fp32; target >= 1.0)"
+            + (f", bf16 autocast {enc['encode_throughput_ratio_bf16']:.4f}" if "encode_throughput_ratio_bf16"
+               in enc else ""))
+        result["encoding"] = enc
+    result["targets"] = {"overheads": f"<= {OVERHEAD_TARGET}", "encode_throughput_ratio": ">= 1.0"}
+    result["machine"] = machine
+    emit(result, args.out)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,351 @@
+"""Cost of one full training step for RAG-Sequence, VRAG (exact), JSA (textbook) and JSA "as released".
+
+    python benchmarks/step_cost.py                 # the real measurement (B=4, ~1,000 passages, 192 tokens)
+    python benchmarks/step_cost.py --quick         # reduced run, a few minutes on 2 cores
+    python benchmarks/step_cost.py --out step_cost.json
+
+A step is what the training loop does for one micro-batch: the estimator's forward under bf16
+autocast, backward, AdamW step (``jsarag.train.optim.build_optimizer``), ``zero_grad``. Gradient
+clipping and norm logging are left out (they cost milliseconds).
+
+Fairness: every variant starts each step from the same initial weights (the trainable parameters are
+copied back before every step, outside the timed region), runs on the same batches, with the same
+torch seed per batch (same dropout masks and, for JSA, the same proposals). Variants are interleaved
+(A, B, C, D, A, B, C, D, ...) after a warm-up round so that background load hits them alike; the
+headline ratios are medians of per-round ratios (each round: same batch for all variants).
+
+The JSA variants differ only in ``JSAConfig.score_all_proposals``: textbook JSA scores each distinct
+proposal once without gradient and each distinct chain state once with gradient; "as released"
+scores all m proposals and all m states, duplicates included (the released code's cost profile).
+
+The last stdout line is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import random
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+SQUAD = Path(os.environ.get("JSARAG_SHARED_DATA", "/work/shared/data")) / "squad_v1_dev"
+
+
+# ---- helpers (self-contained: benchmarks/_common.py did not exist when this script was written) -------
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def quiet_libraries() -> None:
+    """No loading bars or advisory warnings from transformers / peft between the result lines."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except Exception:  # never fail a benchmark on this
+        pass
+
+
+def machine() -> dict:
+    """CPU, cores, threads, memory, load and library versions: where the figures came from."""
+    import faiss
+    import torch
+    import transformers
+
+    cpu, flags = platform.processor() or platform.machine(), []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu in ("", platform.processor(), platform.machine()):
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                have = set(line.split(":", 1)[1].split())
+                flags = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in have]
+    except OSError:
+        pass
+    try:
+        mem_gib = round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1)
+    except (ValueError, OSError):
+        mem_gib = None
+    return {"cpu_model": cpu, "cpu_flags": flags, "logical_cores": os.cpu_count(),
+            "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "faiss_omp_threads": faiss.omp_get_max_threads(),
+            "memory_gib": mem_gib, "platform": platform.platform(), "python": platform.python_version(),
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                         "faiss": faiss.__version__},
+            "load_average_at_start": list(os.getloadavg())}
+
+
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (monotonic), MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _jsonable(value):
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def emit(result: dict, out: str | None) -> None:
+    """The JSON object as the LAST stdout line, and in ``out`` when given."""
+    result.setdefault("machine", {})["load_average_at_end"] = list(os.getloadavg())
+    result = _jsonable(result)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+        say(f"wrote {out}")
+    print(json.dumps(result), flush=True)
+
+
+def say(*args) -> None:
+    print(*args, flush=True)
+
+
+# ---- data and model --------------------------------------------------------------------------------
+def squad_setup(num_examples: int, num_passages: int, seed: int, split: str = "train"):
+    """``num_examples`` SQuAD questions (seeded choice) and a corpus of ``num_passages`` SQuAD paragraphs
+    that holds their gold paragraphs plus randomly chosen others (in the file's order)."""
+    from jsarag.data import Corpus, load_examples
+
+    full = Corpus.from_jsonl(SQUAD / "corpus.jsonl")
+    examples = load_examples(SQUAD / f"{split}.jsonl", full)
+    rng = random.Random(seed)
+    chosen = rng.sample(examples, num_examples)
+    gold = {full.row(p) for e in chosen for p in e.positive_ids}
+    others = [r for r in range(len(full)) if r not in gold]
+    rows = sorted(gold | set(rng.sample(others, max(0, min(len(others), num_passages - len(gold))))))
+    corpus = Corpus([full[r] for r in rows], source=f"squad_v1_dev[{len(rows)} paragraphs, seed {seed}]")
+    return corpus, chosen
+
+
+def build_rag(corpus, *, max_passage_tokens: int, lora: bool = True, seed: int = 0):
+    """SmolLM2-135M-Instruct (+ LoRA) and MiniLM, built like the training loop builds them, with a
+    Flat index over ``corpus`` (passages encoded under bf16 autocast, frozen passage encoder)."""
+    import torch
+
+    from jsarag.config import Config, GeneratorConfig, LoraConfig, RetrieverConfig
+    from jsarag.index import build_index
+    from jsarag.pipeline import build_model
+    from jsarag.train import distributed as dist
+
+    cfg = Config(retriever=RetrieverConfig(model="builtin:minilm"),
+                 generator=GeneratorConfig(model="builtin:smollm2-135m-instruct",
+                                           lora=LoraConfig(enabled=lora), max_passage_tokens=max_passage_tokens))
+    dist.seed_everything(seed)
+    model = build_model(cfg)
+    with dist.autocast(torch.device("cpu"), "bf16"):
+        index = build_index(corpus, model.retriever.passage, progress=False)
+    model.retriever.attach(index, corpus)
+    return model, cfg
+
+
+class ScoreCounter:
+    """Counts the (prompt, answer) sequences the generator runs, with and without gradient, by wrapping
+    the instance's ``_chunk_logprobs`` (jsarag's source is untouched)."""
+
+    def __init__(self, generator):
+        self._orig = generator._chunk_logprobs
+        generator._chunk_logprobs = self
+        self.reset()
+
+    def reset(self) -> None:
+        self.counts = {"nograd_seqs": 0, "grad_seqs": 0, "nograd_tokens": 0, "grad_tokens": 0}
+
+    def __call__(self, prompts, targets, length):
+        import torch
+
+        key = "grad" if torch.is_grad_enabled() else "nograd"
+        self.counts[f"{key}_seqs"] += len(prompts)
+        self.counts[f"{key}_tokens"] += len(prompts) * (max(map(len, prompts)) + length)  # padded tokens
+        return self._orig(prompts, targets, length)
+
+
+# ---- the benchmark -----------------------------------------------------------------------------------
+VARIANTS = ("rag_sequence", "vrag", "jsa", "jsa_released")
+
+
+def make_estimator(name: str, top_k: int, proposals: int):
+    from jsarag.estimators import JSA, VRAG, JSAConfig, RagSequence, VRAGConfig
+
+    if name == "rag_sequence":
+        return RagSequence(top_k=top_k)
+    if name == "vrag":
+        return VRAG(VRAGConfig(mode="exact"), top_k=top_k)
+    if name == "jsa":
+        return JSA(JSAConfig(num_proposals=proposals), top_k=top_k)
+    if name == "jsa_released":
+        return JSA(JSAConfig(num_proposals=proposals, score_all_proposals=True), top_k=top_k)
+    raise ValueError(name)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="B=1, 96-token passages, ~300 passages, 1+2 rounds")
+    ap.add_argument("--batch-size", type=int, help="questions per step (default 4; quick 1)")
+    ap.add_argument("--top-k", type=int, default=10)
+    ap.add_argument("--proposals", type=int, default=50, help="JSA m")
+    ap.add_argument("--passages", type=int, help="corpus size (default 1000; quick 300)")
+    ap.add_argument("--max-passage-tokens", type=int, help="generator passage truncation (default 192; quick 96)")
+    ap.add_argument("--warmup", type=int, help="untimed rounds (default 1)")
+    ap.add_argument("--repeats", type=int, help="timed rounds (default 5; quick 2)")
+    ap.add_argument("--batches", type=int, help="distinct batches, cycled over rounds (default 3; quick 2)")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {VARIANTS}")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", help="also write the JSON here")
+    args = ap.parse_args(argv)
+    q = args.quick
+    B = args.batch_size or (1 if q else 4)
+    n_passages = args.passages or (300 if q else 1000)
+    max_tokens = args.max_passage_tokens or (96 if q else 192)
+    warmup = 1 if args.warmup is None else args.warmup
+    repeats = args.repeats or (2 if q else 5)
+    n_batches = args.batches or (2 if q else 3)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for v in variants:
+        if v not in VARIANTS:
+            ap.error(f"unknown variant {v!r}")
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from jsarag.data import Batch
+    from jsarag.train import distributed as dist
+    from jsarag.train.optim import build_optimizer, component_parameters
+
+    began = time.perf_counter()
+    result = {"benchmark": "step_cost", "quick": q, "machine": machine()}
+    corpus, examples = squad_setup(B * n_batches, n_passages, args.seed)
+    batches = [Batch.from_examples(examples[i * B:(i + 1) * B]) for i in range(n_batches)]
+    t0 = time.perf_counter()
+    model, cfg = build_rag(corpus, max_passage_tokens=max_tokens, seed=args.seed)
+    setup_s = time.perf_counter() - t0
+    device = torch.device("cpu")
+    model.train()
+    counter = ScoreCounter(model.generator)
+    shape = {"batch_size": B, "top_k": args.top_k, "proposals": args.proposals, "passages": len(corpus),
+             "max_passage_tokens": max_tokens, "batches": n_batches, "warmup_rounds": warmup,
+             "timed_rounds": repeats, "precision": "bf16", "generator": cfg.generator.model + " + LoRA",
+             "retriever": cfg.retriever.model, "score_batch_size": cfg.generator.score_batch_size,
+             "answers_tokens": [len(model.generator.prompts.answer_ids(a)) for b in batches for a in b.answers]}
+    result["shape"] = shape
+    say(f"step_cost: B={B} K={args.top_k} m={args.proposals} passages={len(corpus)} "
+        f"max_passage_tokens={max_tokens} rounds={warmup}+{repeats} (setup {setup_s:.1f}s)")
+
+    # Initial weights of everything any variant trains; copied back before every step.
+    model.set_trainable({"prior", "posterior", "generator"})
+    initial = [(p, p.detach().clone()) for ps in component_parameters(model).values() for p in ps]
+
+    estimators, optimizers = {}, {}
+    for v in variants:
+        est = make_estimator(v, args.top_k, args.proposals)
+        model.set_trainable(set(est.trains) - {"passage"})
+        estimators[v] = est
+        optimizers[v] = build_optimizer(model, cfg.optim)
+
+    def restore() -> None:
+        with torch.no_grad():
+            for p, p0 in initial:
+                p.copy_(p0)
+
+    def step(v: str, batch_idx: int) -> tuple[float, dict, dict]:
+        est, opt = estimators[v], optimizers[v]
+        model.set_trainable(set(est.trains) - {"passage"})
+        restore()
+        opt.zero_grad(set_to_none=True)
+        gc.collect()
+        torch.manual_seed(1000 + batch_idx)
+        counter.reset()
+        t = time.perf_counter()
+        with dist.autocast(device, "bf16"):
+            loss, metrics = model(batches[batch_idx], est)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - t
+        return elapsed, metrics, dict(counter.counts)
+
+    times = {v: [] for v in variants}
+    records = {v: [] for v in variants}
+    for r in range(warmup + repeats):
+        timed = r >= warmup
+        b = r % n_batches
+        parts = []
+        for v in variants:
+            secs, metrics, counts = step(v, b)
+            if timed:
+                times[v].append(secs)
+                records[v].append({**metrics, **counts})
+            parts.append(f"{v} {secs:6.2f}s (gen seqs {counts['nograd_seqs']}+{counts['grad_seqs']}g)")
+        say(f"  round {r} ({'timed' if timed else 'warm-up'}, batch {b}): " + " | ".join(parts))
+
+    per_variant = {}
+    for v in variants:
+        recs = records[v]
+        keys = sorted({k for rec in recs for k in rec})
+        per_variant[v] = {
+            "median_s": median(times[v]), "min_s": min(times[v]) if times[v] else float("nan"),
+            "times_s": [round(t, 4) for t in times[v]],
+            **{f"mean_{k}": statistics.fmean(rec[k] for rec in recs if k in rec) for k in keys},
+        }
+    result["variants"] = per_variant
+
+    def ratio(a: str, b: str) -> dict | None:
+        if a not in times or b not in times:
+            return None
+        per_round = [x / y for x, y in zip(times[a], times[b])]
+        return {"median_of_round_ratios": median(per_round), "ratio_of_medians": median(times[a]) / median(times[b]),
+                "round_ratios": [round(x, 4) for x in per_round]}
+
+    pairs = {"jsa_over_rag_sequence": ("jsa", "rag_sequence"), "released_over_jsa": ("jsa_released", "jsa"),
+             "vrag_over_rag_sequence": ("vrag", "rag_sequence"), "released_over_rag_sequence": ("jsa_released", "rag_sequence")}
+    result["ratios"] = {}
+    for key, (a, b) in pairs.items():
+        rr = ratio(a, b)
+        result["ratios"][key] = rr
+        result[key] = rr["median_of_round_ratios"] if rr else None
+    for v in variants:
+        result[f"{v}_median_s"] = per_variant[v]["median_s"]
+    result["targets"] = {"jsa_over_rag_sequence": "<= 1.0", "released_over_jsa": ">= 2"}
+    result["peak_rss_mib"] = round(peak_rss_mib(), 1)
+    result["setup_s"] = round(setup_s, 2)
+    result["wall_s"] = round(time.perf_counter() - began, 2)
+
+    say("")
+    say(f"{'variant':<14}{'median s':>10}{'min s':>9}{'gen seqs no-grad':>18}{'gen seqs grad':>15}"
+        f"{'distinct props':>16}{'distinct states':>17}")
+    for v in variants:
+        pv = per_variant[v]
+        say(f"{v:<14}{pv['median_s']:>10.3f}{pv['min_s']:>9.3f}{pv.get('mean_nograd_seqs', 0):>18.1f}"
+            f"{pv.get('mean_grad_seqs', 0):>15.1f}{pv.get('mean_distinct_proposals', float('nan')):>16.2f}"
+            f"{pv.get('mean_distinct_states', float('nan')):>17.2f}")
+    for key in pairs:
+        if result[key] is not None:
+            say(f"{key} = {result[key]:.3f} (median of per-round ratios; ratio of medians "
+                f"{result['ratios'][key]['ratio_of_medians']:.3f})")
+    say(f"peak RSS {result['peak_rss_mib']:.0f} MiB, wall {result['wall_s']:.0f}s")
+    emit(result, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

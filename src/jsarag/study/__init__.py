@@ -1,0 +1,1 @@
+"""Studies: the estimator comparison and the gradient-variance diagnostic."""

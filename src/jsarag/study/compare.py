@@ -1,0 +1,238 @@
+"""`jsarag compare`: every estimator trained from the same weights on the same data, then evaluated.
+
+    jsarag compare configs/squad/base.yaml --name squad --out runs/compare-squad --seeds 0,1,2
+
+For each seed and method: the same pretrained retriever and generator, the same LoRA initialisation
+(seeded), the same data order (seeded), the same K and budget; only the estimator differs. Each run
+is a `jsarag train` subprocess (so that its peak memory is its own) into OUT/seed<s>/<method>; a
+finished run is not redone, an interrupted one is resumed. The untrained model and the generator
+fine-tuned on a frozen retriever are the reference points. The report (markdown table, paired
+significance, plots) is written to docs/results/<name>.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shlex
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jsarag.config import load_config
+from jsarag.eval.metrics import exact_match, token_f1
+from jsarag.study.methods import BASELINES, FROZEN_RETRIEVER, METHODS, UNTRAINED
+from jsarag.train.logger import read_metrics
+
+REPORT_METRICS = ("em", "f1", "rougeL", "bleu4", "recall@1", "recall@5", "mrr@10")
+PAIRED_METRICS = ("em", "f1", "recall@1")
+
+
+@dataclass
+class RunResult:
+    method: str
+    seed: int
+    summary: dict[str, float]
+    per_question: dict[str, dict[str, float]]  # metric -> {question id -> value}
+    seconds_per_100_steps: float = math.nan
+    peak_memory_mib: float = math.nan
+    curves: list[dict] = field(default_factory=list)
+
+
+def _jsarag(args: list[str], log: Path) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as f:
+        f.write("$ jsarag " + " ".join(shlex.quote(a) for a in args) + "\n")
+        f.flush()
+        done = subprocess.run([sys.executable, "-m", "jsarag", *args], stdout=f, stderr=subprocess.STDOUT,
+                              env=dict(os.environ, TQDM_DISABLE="1"))
+    if done.returncode != 0:
+        raise RuntimeError(f"`jsarag {args[0]}` failed (exit {done.returncode}); see {log}")
+
+
+def _per_question(predictions_file: Path) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {"em": {}, "f1": {}, "recall@1": {}}
+    for line in predictions_file.read_text().splitlines():
+        p = json.loads(line)
+        out["em"][p["id"]] = exact_match(p["prediction"], p["answers"])
+        out["f1"][p["id"]] = token_f1(p["prediction"], p["answers"])
+        out["recall@1"][p["id"]] = float(bool(set(p["retrieved"][:1]) & set(p["positive_ids"])))
+    return out
+
+
+def _collect(method: str, seed: int, eval_dir: Path, run_dir: Path | None) -> RunResult:
+    summary = json.loads((eval_dir / "summary.json").read_text())
+    result = RunResult(method, seed, summary, _per_question(eval_dir / "predictions.jsonl"))
+    if run_dir is not None:
+        records = read_metrics(run_dir)
+        steps = [r for r in records if "loss" in r]
+        seconds = [r["seconds"] for r in steps[1:]] or [r["seconds"] for r in steps]  # step 1 warms up
+        result.seconds_per_100_steps = 100 * statistics.mean(seconds)
+        result.peak_memory_mib = next((r["peak_memory_mib"] for r in reversed(records) if "peak_memory_mib" in r),
+                                      math.nan)
+        result.curves = steps
+    return result
+
+
+def run_comparison(config: str | Path, out: str | Path, *, seeds: list[int], methods: list[str],
+                   overrides: list[str]) -> list[RunResult]:
+    out = Path(out)
+    log = out / "study.log"
+    cfg = load_config(config, overrides)  # fail early on a bad config, before hours of training
+    split = cfg.eval.split
+    index_dir = out / "index"
+    if not (index_dir / "meta.json").is_file():
+        _jsarag(["index", "build", str(config), "--out", str(index_dir), *overrides], log)
+    common = [*overrides, f"index.path={index_dir}"]
+    results = []
+    untrained = out / UNTRAINED / "eval"
+    if not (untrained / "summary.json").is_file():
+        _jsarag(["eval", str(config), "--out", str(untrained), *common], log)
+    results.append(_collect(UNTRAINED, -1, untrained, None))
+    plan = {**{m: METHODS[m] for m in methods}, **BASELINES}
+    for seed in seeds:
+        for method, extra in plan.items():
+            run_dir = out / f"seed{seed}" / method
+            eval_dir = run_dir / "eval" / split
+            if not (eval_dir / "summary.json").is_file():
+                resume = ["--resume"] if (run_dir / "config.yaml").is_file() else []
+                _jsarag(["train", str(config), "--out", str(run_dir), *resume, *common, *extra,
+                         f"train.seed={seed}", "train.progress=false"], log)
+            results.append(_collect(method, seed, eval_dir, run_dir))
+    return results
+
+
+# ---- statistics ---------------------------------------------------------------------------------
+def paired_bootstrap(a: list[RunResult], b: list[RunResult], metric: str, samples: int = 2000,
+                     seed: int = 0) -> tuple[float, float, float, int]:
+    """Mean difference a - b over seeds and questions, its 95% bootstrap interval (resampling
+    questions), and in how many seeds a beat b. Runs are paired by seed (same init, same data)."""
+    by_seed_b = {r.seed: r for r in b}
+    pairs = [(r, by_seed_b[r.seed]) for r in a if r.seed in by_seed_b]
+    questions = sorted(set.intersection(*(set(x.per_question[metric]) for p in pairs for x in p)))
+    diffs = [[ra.per_question[metric][q] - rb.per_question[metric][q] for q in questions] for ra, rb in pairs]
+    per_q = [statistics.mean(d[i] for d in diffs) for i in range(len(questions))]
+    mean = statistics.mean(per_q)
+    rng = random.Random(seed)
+    boots = sorted(statistics.mean(rng.choices(per_q, k=len(per_q))) for _ in range(samples))
+    wins = sum(statistics.mean(d) > 0 for d in diffs)
+    return mean, boots[int(0.025 * samples)], boots[int(0.975 * samples) - 1], wins
+
+
+def _mean_std(values: list[float]) -> str:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def results_table(results: list[RunResult]) -> list[str]:
+    groups: dict[str, list[RunResult]] = {}
+    for r in results:
+        groups.setdefault(r.method, []).append(r)
+    head = ["method", "seeds", *REPORT_METRICS, "s / 100 steps", "peak MiB"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, runs in groups.items():
+        scale = {k: (100.0 if k.startswith(("recall", "mrr")) else 1.0) for k in REPORT_METRICS}
+        cells = [method, str(len(runs))]
+        cells += [_mean_std([r.summary.get(k, math.nan) * scale[k] for r in runs]) for k in REPORT_METRICS]
+        cells += [_mean_std([r.seconds_per_100_steps for r in runs]), _mean_std([r.peak_memory_mib for r in runs])]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def significance_rows(results: list[RunResult], reference: str) -> list[str]:
+    groups: dict[str, list[RunResult]] = {}
+    for r in results:
+        groups.setdefault(r.method, []).append(r)
+    if reference not in groups:
+        return []
+    rows = [f"| {reference} minus | " + " | ".join(PAIRED_METRICS) + " |", "|---|" + "---|" * len(PAIRED_METRICS)]
+    for method, runs in groups.items():
+        if method in (reference, UNTRAINED):
+            continue
+        cells = []
+        for metric in PAIRED_METRICS:
+            mean, low, high, wins = paired_bootstrap(groups[reference], runs, metric)
+            beyond = (low > 0 or high < 0) and wins in (0, len(runs))
+            cells.append(f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] ({wins}/{len(runs)})"
+                         + (" **beyond noise**" if beyond else ""))
+        rows.append(f"| {method} | " + " | ".join(cells) + " |")
+    return rows
+
+
+# ---- plots and report ---------------------------------------------------------------------------
+def _smooth(values: list[float], width: int = 10) -> list[float]:
+    return [statistics.mean(values[max(0, i - width + 1): i + 1]) for i in range(len(values))]
+
+
+def write_plots(results: list[RunResult], plots_dir: Path, seed: int) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    runs = [r for r in results if r.seed == seed and r.curves]
+    panels = [("learning_curves", "loss", "training loss, each method's own objective (smoothed)", False),
+              ("posterior_grad_norm", "grad_norm/posterior", "posterior retriever gradient norm", True),
+              ("prior_grad_norm", "grad_norm/prior", "prior retriever gradient norm", True),
+              ("acceptance_rate", "accept_rate", "JSA acceptance rate (smoothed)", False)]
+    written = []
+    for name, key, title, log_scale in panels:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        drawn = False
+        for r in runs:
+            points = [(c["step"], c.get(key)) for c in r.curves]
+            points = [(s, v) for s, v in points if v is not None]
+            if not points:
+                continue
+            values = [v for _, v in points]
+            ax.plot([s for s, _ in points], values if log_scale else _smooth(values), label=r.method)
+            drawn = True
+        if not drawn:
+            plt.close(fig)
+            continue
+        ax.set_title(f"{title}, seed {seed}")
+        ax.set_xlabel("step")
+        if log_scale:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = plots_dir / f"{name}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_report(path: Path, *, name: str, command: str, settings: str, results: list[RunResult],
+                 variance_rows: list[str], plots: list[Path], notes: str = "") -> None:
+    lines = [f"# {name}: JSA-RAG against RAG and VRAG", "",
+             "Produced by the command below; no number here was edited by hand.", "",
+             "```bash", command, "```", "", "## Settings", "", settings, "",
+             "## Results (held-out split; mean ± standard deviation over seeds)", "",
+             *results_table(results), "",
+             "EM, F1, ROUGE-L and BLEU-4 are on a 0-100 scale; Recall@k and MRR@10 are percentages. "
+             "`s / 100 steps` is the mean step time (first step excluded) x 100; `peak MiB` is the "
+             "training process's peak resident memory.", "",
+             "## Which differences are beyond noise", "",
+             "Paired by seed (same initial weights, same data order) and by question: mean difference in "
+             "points, its 95% bootstrap interval over questions, and the number of seeds in which the "
+             "reference method was ahead. A difference is called beyond noise when the interval excludes 0 "
+             "and the sign is the same in every seed.", "",
+             *significance_rows(results, "jsa_sum"), "",
+             "## Gradient variance (log of the summed per-parameter variance, fixed batch)", "",
+             *variance_rows, "",
+             "## Plots", "", *[f"![{p.stem}]({os.path.relpath(p, path.parent)})" for p in plots], ""]
+    if notes:
+        lines += ["## Notes", "", notes, ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))

@@ -1,0 +1,87 @@
+"""The comparison study's statistics and the gradient-variance diagnostic."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from helpers import REPO
+from jsarag.study.compare import RunResult, paired_bootstrap, results_table, significance_rows
+from jsarag.study.variance import RunningVariance, format_variance
+
+
+def run(method: str, seed: int, em: dict[str, float]) -> RunResult:
+    values = {"em": em, "f1": em, "recall@1": em}
+    summary = {"em": 100 * sum(em.values()) / len(em), "f1": 50.0, "recall@1": 0.5}
+    return RunResult(method, seed, summary, values, seconds_per_100_steps=10.0 * (seed + 1), peak_memory_mib=100.0)
+
+
+def test_paired_bootstrap_mean_interval_and_wins():
+    # Two seeds, four questions. Per-question differences (a - b): seed 0: [1, 0, 0, 0],
+    # seed 1: [1, 1, 0, 0]; averaged over seeds: [1, 0.5, 0, 0] -> mean 0.375.
+    a = [run("a", 0, {"q1": 1, "q2": 0, "q3": 1, "q4": 0}), run("a", 1, {"q1": 1, "q2": 1, "q3": 1, "q4": 0})]
+    b = [run("b", 0, {"q1": 0, "q2": 0, "q3": 1, "q4": 0}), run("b", 1, {"q1": 0, "q2": 0, "q3": 1, "q4": 0})]
+    mean, low, high, wins = paired_bootstrap(a, b, "em", samples=4000)
+    assert mean == pytest.approx(0.375)
+    assert wins == 2  # a ahead in both seeds
+    # The resampled mean of [1, 0.5, 0, 0] ranges over [0, 1]; its 95% interval must contain the mean.
+    assert 0.0 <= low <= mean <= high <= 1.0
+
+
+def test_identical_methods_are_not_called_different():
+    a = [run("a", s, {f"q{i}": float(i % 2) for i in range(50)}) for s in range(3)]
+    b = [run("b", s, {f"q{i}": float(i % 2) for i in range(50)}) for s in range(3)]
+    mean, low, high, wins = paired_bootstrap(a, b, "em")
+    assert (mean, low, high, wins) == (0.0, 0.0, 0.0, 0)
+    rows = significance_rows(a + b, "a")
+    assert "beyond noise" not in "\n".join(rows)
+
+
+def test_a_consistent_large_gap_is_beyond_noise():
+    a = [run("jsa_sum", s, {f"q{i}": 1.0 for i in range(40)}) for s in range(3)]
+    b = [run("rag_sequence", s, {f"q{i}": float(i < 10) for i in range(40)}) for s in range(3)]
+    rows = significance_rows(a + b, "jsa_sum")
+    assert "+75.0" in rows[2] and "beyond noise" in rows[2]
+
+
+def test_results_table_reports_mean_and_std_over_seeds():
+    runs = [run("m", 0, {"q": 1.0}), run("m", 1, {"q": 0.0})]
+    table = "\n".join(results_table(runs))
+    assert "| m | 2 | 50.00 ± 70.71 |" in table  # EM 100 and 0: mean 50, sample std 70.71
+    assert "15.00 ± 7.07" in table  # seconds per 100 steps 10 and 20
+
+
+def test_running_variance_matches_torch():
+    torch.manual_seed(0)
+    draws = torch.randn(30, 7, dtype=torch.float64) * torch.arange(1, 8)
+    stats = RunningVariance()
+    for row in draws:
+        stats.add(row)
+    assert stats.log_total_variance() == pytest.approx(math.log(draws.var(0).sum().item()), rel=1e-10)
+    constant = RunningVariance()
+    for _ in range(3):
+        constant.add(torch.ones(4))
+    assert constant.log_total_variance() == float("-inf")
+
+
+def test_variance_table_says_deterministic_instead_of_printing_noise():
+    rows = format_variance({"rag_sequence": dict.fromkeys(("prior", "posterior", "generator"), "deterministic"),
+                            "jsa_sum": {"prior": 1.234, "posterior": -2.0, "generator": float("-inf")}})
+    assert rows[2] == "| rag_sequence | 0 (deterministic) | 0 (deterministic) | 0 (deterministic) |"
+    assert rows[3] == "| jsa_sum | 1.23 | -2.00 | 0 |"
+
+
+@pytest.mark.slow
+def test_variance_command_on_tiny_models(tmp_path):
+    from jsarag.study.variance import gradient_variance
+
+    out = gradient_variance(str(REPO / "configs" / "tiny.yaml"), [], ["rag_sequence", "jsa_sum", "vrag_sampled"], draws=4,
+                            batch_size=2, progress=False)
+    assert out["rag_sequence"]["prior"] == "deterministic"
+    for method in ("jsa_sum", "vrag_sampled"):
+        for part in ("prior", "posterior", "generator"):
+            assert math.isfinite(out[method][part]) or out[method][part] == float("-inf")
+    # Redrawing JSA's proposals and uniforms changes its gradient: its variance is not zero.
+    assert math.isfinite(out["jsa_sum"]["generator"])
