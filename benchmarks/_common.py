@@ -101,6 +101,8 @@ class Pair:
             f"{self.a_name}_seconds": summarize(self.a_seconds),
             f"{self.b_name}_seconds": summarize(self.b_seconds),
             "repeats": len(self.ratios),
+            "samples": {f"{self.a_name}_seconds": list(self.a_seconds),
+                        f"{self.b_name}_seconds": list(self.b_seconds)},
         }
 
 
@@ -266,6 +268,8 @@ def _jsonable(value: Any) -> Any:
 
 def emit(result: dict[str, Any], out: Path | None) -> None:
     """Print ``result`` as the last stdout line (one JSON object) and write it to ``out`` if given."""
+    if isinstance(result.get("machine"), dict) and hasattr(os, "getloadavg"):
+        result["machine"]["load_average_at_end"] = list(os.getloadavg())
     text = json.dumps(_jsonable(result), sort_keys=False)
     if out is not None:
         out = Path(out)

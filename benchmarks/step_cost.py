@@ -137,13 +137,15 @@ def squad_setup(num_examples: int, num_passages: int, seed: int, split: str = "t
     return corpus, chosen
 
 
-def build_rag(corpus, *, max_passage_tokens: int, lora: bool = True, seed: int = 0):
-    """SmolLM2-135M-Instruct (+ LoRA) and MiniLM, built like the training loop builds them, with a
-    Flat index over ``corpus`` (passages encoded under bf16 autocast, frozen passage encoder)."""
+def build_rag(corpus, *, max_passage_tokens: int, lora: bool = True, seed: int = 0, vectors=None):
+    """SmolLM2-135M-Instruct (+ LoRA) and MiniLM, built like the training loop builds them (seeded
+    before the build: LoRA initialises randomly), with a Flat index over ``corpus``: passages encoded
+    under bf16 autocast by the frozen passage encoder, or ``vectors`` when given (the same encoding,
+    saved by a parent process)."""
     import torch
 
     from jsarag.config import Config, GeneratorConfig, LoraConfig, RetrieverConfig
-    from jsarag.index import build_index
+    from jsarag.index import PassageIndex, build_index
     from jsarag.pipeline import build_model
     from jsarag.train import distributed as dist
 
@@ -152,8 +154,12 @@ def build_rag(corpus, *, max_passage_tokens: int, lora: bool = True, seed: int =
                                            lora=LoraConfig(enabled=lora), max_passage_tokens=max_passage_tokens))
     dist.seed_everything(seed)
     model = build_model(cfg)
-    with dist.autocast(torch.device("cpu"), "bf16"):
-        index = build_index(corpus, model.retriever.passage, progress=False)
+    if vectors is None:
+        with dist.autocast(torch.device("cpu"), "bf16"):
+            index = build_index(corpus, model.retriever.passage, progress=False)
+    else:
+        index = PassageIndex.from_vectors(vectors, corpus_hash=corpus.fingerprint(), corpus_source=corpus.source,
+                                          encoder=model.retriever.passage.identity())
     model.retriever.attach(index, corpus)
     return model, cfg
 
@@ -199,15 +205,23 @@ def make_estimator(name: str, top_k: int, proposals: int):
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="B=1, 96-token passages, ~300 passages, 1+2 rounds")
-    ap.add_argument("--batch-size", type=int, help="questions per step (default 4; quick 1)")
+    ap.add_argument("--quick", action="store_true",
+                    help="B=1, 96-token passages, ~300 passages, warm-up + 2 timed rounds")
+    ap.add_argument("--batch-size", type=int, help="questions per optimiser step (default 4; quick 1)")
+    ap.add_argument("--micro-batch-size", type=int, default=1,
+                    help="questions per forward/backward (gradient accumulation inside the step, as "
+                         "train.grad_accum_steps does). Default 1: the as-released variant keeps m=50 "
+                         "sequences with gradient per question (~15 GB at 192 tokens), so 4 at once would "
+                         "not fit in 24 GB. The same split is used for every variant.")
     ap.add_argument("--top-k", type=int, default=10)
     ap.add_argument("--proposals", type=int, default=50, help="JSA m")
     ap.add_argument("--passages", type=int, help="corpus size (default 1000; quick 300)")
     ap.add_argument("--max-passage-tokens", type=int, help="generator passage truncation (default 192; quick 96)")
-    ap.add_argument("--warmup", type=int, help="untimed rounds (default 1)")
-    ap.add_argument("--repeats", type=int, help="timed rounds (default 5; quick 2)")
+    ap.add_argument("--repeats", type=int, help="timed rounds (default 3; quick 2)")
     ap.add_argument("--batches", type=int, help="distinct batches, cycled over rounds (default 3; quick 2)")
+    ap.add_argument("--warmup-all", action="store_true",
+                    help="also warm up the as-released variant (by default the warm-up round runs the "
+                         "other variants only: it exercises every code path the released one uses)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {VARIANTS}")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     ap.add_argument("--seed", type=int, default=0)
@@ -215,16 +229,20 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     q = args.quick
     B = args.batch_size or (1 if q else 4)
+    micro = max(1, min(args.micro_batch_size, B))
+    if B % micro:
+        ap.error("--batch-size must be a multiple of --micro-batch-size")
     n_passages = args.passages or (300 if q else 1000)
     max_tokens = args.max_passage_tokens or (96 if q else 192)
-    warmup = 1 if args.warmup is None else args.warmup
-    repeats = args.repeats or (2 if q else 5)
+    repeats = args.repeats or (2 if q else 3)
     n_batches = args.batches or (2 if q else 3)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     for v in variants:
         if v not in VARIANTS:
             ap.error(f"unknown variant {v!r}")
+    warm_variants = [v for v in variants if args.warmup_all or v != "jsa_released"] or variants[:1]
 
+    quiet_libraries()
     import torch
 
     if args.threads:
@@ -236,37 +254,48 @@ def main(argv=None) -> None:
     began = time.perf_counter()
     result = {"benchmark": "step_cost", "quick": q, "machine": machine()}
     corpus, examples = squad_setup(B * n_batches, n_passages, args.seed)
-    batches = [Batch.from_examples(examples[i * B:(i + 1) * B]) for i in range(n_batches)]
+    batches = [[Batch.from_examples(examples[i * B + j:i * B + j + micro]) for j in range(0, B, micro)]
+               for i in range(n_batches)]
     t0 = time.perf_counter()
     model, cfg = build_rag(corpus, max_passage_tokens=max_tokens, seed=args.seed)
     setup_s = time.perf_counter() - t0
     device = torch.device("cpu")
     model.train()
     counter = ScoreCounter(model.generator)
-    shape = {"batch_size": B, "top_k": args.top_k, "proposals": args.proposals, "passages": len(corpus),
-             "max_passage_tokens": max_tokens, "batches": n_batches, "warmup_rounds": warmup,
-             "timed_rounds": repeats, "precision": "bf16", "generator": cfg.generator.model + " + LoRA",
+    shape = {"batch_size": B, "micro_batch_size": micro, "top_k": args.top_k, "proposals": args.proposals,
+             "passages": len(corpus), "max_passage_tokens": max_tokens, "batches": n_batches,
+             "warmup_variants": warm_variants, "timed_rounds": repeats, "precision": "bf16",
+             "generator": cfg.generator.model + " + LoRA (r 8, alpha 16, peft default targets)",
              "retriever": cfg.retriever.model, "score_batch_size": cfg.generator.score_batch_size,
-             "answers_tokens": [len(model.generator.prompts.answer_ids(a)) for b in batches for a in b.answers]}
+             "gradient_checkpointing": cfg.generator.gradient_checkpointing,
+             "answer_tokens": [len(model.generator.prompts.answer_ids(e.answers[0])) for e in examples],
+             "step": "autocast(bf16) forward, backward, AdamW step, zero_grad (no clipping)"}
     result["shape"] = shape
-    say(f"step_cost: B={B} K={args.top_k} m={args.proposals} passages={len(corpus)} "
-        f"max_passage_tokens={max_tokens} rounds={warmup}+{repeats} (setup {setup_s:.1f}s)")
+    say(f"step_cost: B={B} (micro-batches of {micro}) K={args.top_k} m={args.proposals} passages={len(corpus)} "
+        f"max_passage_tokens={max_tokens} timed rounds={repeats} (setup {setup_s:.1f}s)")
 
     # Initial weights of everything any variant trains; copied back before every step.
     model.set_trainable({"prior", "posterior", "generator"})
     initial = [(p, p.detach().clone()) for ps in component_parameters(model).values() for p in ps]
 
-    estimators, optimizers = {}, {}
-    for v in variants:
-        est = make_estimator(v, args.top_k, args.proposals)
-        model.set_trainable(set(est.trains) - {"passage"})
-        estimators[v] = est
-        optimizers[v] = build_optimizer(model, cfg.optim)
-
     def restore() -> None:
         with torch.no_grad():
             for p, p0 in initial:
                 p.copy_(p0)
+
+    estimators, optimizers = {}, {}
+    for v in variants:
+        est = make_estimator(v, args.top_k, args.proposals)
+        model.set_trainable(set(est.trains) - {"passage"})
+        opt = build_optimizer(model, cfg.optim)
+        # Allocate AdamW's state now (zero gradients), so that no variant pays for it in a timed step.
+        for group in opt.param_groups:
+            for p in group["params"]:
+                p.grad = torch.zeros_like(p)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        estimators[v], optimizers[v] = est, opt
+    restore()
 
     def step(v: str, batch_idx: int) -> tuple[float, dict, dict]:
         est, opt = estimators[v], optimizers[v]
@@ -274,56 +303,63 @@ def main(argv=None) -> None:
         restore()
         opt.zero_grad(set_to_none=True)
         gc.collect()
-        torch.manual_seed(1000 + batch_idx)
+        torch.manual_seed(1000 + batch_idx)  # same dropout masks and proposals for every variant
         counter.reset()
+        parts = batches[batch_idx]
+        sums: dict[str, float] = {}
         t = time.perf_counter()
-        with dist.autocast(device, "bf16"):
-            loss, metrics = model(batches[batch_idx], est)
-        loss.backward()
+        for mb in parts:
+            with dist.autocast(device, "bf16"):
+                loss, metrics = model(mb, est)
+            (loss / len(parts)).backward()
+            del loss
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + value / len(parts)
         opt.step()
         opt.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - t
-        return elapsed, metrics, dict(counter.counts)
+        return elapsed, sums, dict(counter.counts)
 
     times = {v: [] for v in variants}
     records = {v: [] for v in variants}
-    for r in range(warmup + repeats):
-        timed = r >= warmup
+    rss_after_first = {}
+    rounds = [("warm-up", warm_variants)] + [("timed", variants)] * repeats
+    for r, (kind, names) in enumerate(rounds):
         b = r % n_batches
-        parts = []
-        for v in variants:
+        line = []
+        for v in names:
             secs, metrics, counts = step(v, b)
-            if timed:
+            if kind == "timed":
                 times[v].append(secs)
                 records[v].append({**metrics, **counts})
-            parts.append(f"{v} {secs:6.2f}s (gen seqs {counts['nograd_seqs']}+{counts['grad_seqs']}g)")
-        say(f"  round {r} ({'timed' if timed else 'warm-up'}, batch {b}): " + " | ".join(parts))
+                rss_after_first.setdefault(v, round(peak_rss_mib(), 1))
+            line.append(f"{v} {secs:.2f}s [{counts['nograd_seqs']}+{counts['grad_seqs']}g seqs]")
+        say(f"  round {r} ({kind}, batch {b}): " + " | ".join(line))
 
     per_variant = {}
     for v in variants:
         recs = records[v]
         keys = sorted({k for rec in recs for k in rec})
         per_variant[v] = {
-            "median_s": median(times[v]), "min_s": min(times[v]) if times[v] else float("nan"),
-            "times_s": [round(t, 4) for t in times[v]],
+            "median_s": median(times[v]), "min_s": min(times[v]), "times_s": [round(t, 4) for t in times[v]],
+            "peak_rss_mib_cumulative": rss_after_first.get(v),
             **{f"mean_{k}": statistics.fmean(rec[k] for rec in recs if k in rec) for k in keys},
         }
     result["variants"] = per_variant
 
-    def ratio(a: str, b: str) -> dict | None:
-        if a not in times or b not in times:
-            return None
-        per_round = [x / y for x, y in zip(times[a], times[b])]
-        return {"median_of_round_ratios": median(per_round), "ratio_of_medians": median(times[a]) / median(times[b]),
-                "round_ratios": [round(x, 4) for x in per_round]}
-
     pairs = {"jsa_over_rag_sequence": ("jsa", "rag_sequence"), "released_over_jsa": ("jsa_released", "jsa"),
-             "vrag_over_rag_sequence": ("vrag", "rag_sequence"), "released_over_rag_sequence": ("jsa_released", "rag_sequence")}
+             "vrag_over_rag_sequence": ("vrag", "rag_sequence"),
+             "released_over_rag_sequence": ("jsa_released", "rag_sequence")}
     result["ratios"] = {}
     for key, (a, b) in pairs.items():
-        rr = ratio(a, b)
-        result["ratios"][key] = rr
-        result[key] = rr["median_of_round_ratios"] if rr else None
+        if a in times and b in times:
+            per_round = [x / y for x, y in zip(times[a], times[b])]
+            result["ratios"][key] = {"median_of_round_ratios": median(per_round),
+                                     "ratio_of_medians": median(times[a]) / median(times[b]),
+                                     "round_ratios": [round(x, 4) for x in per_round]}
+            result[key] = median(per_round)
+        else:
+            result[key] = None
     for v in variants:
         result[f"{v}_median_s"] = per_variant[v]["median_s"]
     result["targets"] = {"jsa_over_rag_sequence": "<= 1.0", "released_over_jsa": ">= 2"}
@@ -332,18 +368,20 @@ def main(argv=None) -> None:
     result["wall_s"] = round(time.perf_counter() - began, 2)
 
     say("")
-    say(f"{'variant':<14}{'median s':>10}{'min s':>9}{'gen seqs no-grad':>18}{'gen seqs grad':>15}"
-        f"{'distinct props':>16}{'distinct states':>17}")
+    say(f"{'variant':<14}{'median s':>10}{'min s':>9}{'seqs no-grad':>14}{'seqs grad':>11}"
+        f"{'distinct props':>16}{'distinct states':>17}{'accept':>8}")
+    nan = float("nan")
     for v in variants:
         pv = per_variant[v]
-        say(f"{v:<14}{pv['median_s']:>10.3f}{pv['min_s']:>9.3f}{pv.get('mean_nograd_seqs', 0):>18.1f}"
-            f"{pv.get('mean_grad_seqs', 0):>15.1f}{pv.get('mean_distinct_proposals', float('nan')):>16.2f}"
-            f"{pv.get('mean_distinct_states', float('nan')):>17.2f}")
+        say(f"{v:<14}{pv['median_s']:>10.3f}{pv['min_s']:>9.3f}{pv.get('mean_nograd_seqs', 0):>14.1f}"
+            f"{pv.get('mean_grad_seqs', 0):>11.1f}{pv.get('mean_distinct_proposals', nan):>16.2f}"
+            f"{pv.get('mean_distinct_states', nan):>17.2f}{pv.get('mean_accept_rate', nan):>8.2f}")
+    say("(seqs: generator (prompt, answer) sequences run per step; distinct: per question)")
     for key in pairs:
         if result[key] is not None:
             say(f"{key} = {result[key]:.3f} (median of per-round ratios; ratio of medians "
                 f"{result['ratios'][key]['ratio_of_medians']:.3f})")
-    say(f"peak RSS {result['peak_rss_mib']:.0f} MiB, wall {result['wall_s']:.0f}s")
+    say(f"peak RSS {result['peak_rss_mib']:.0f} MiB, setup {setup_s:.0f}s, wall {result['wall_s']:.0f}s")
     emit(result, args.out)
 
 

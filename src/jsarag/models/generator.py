@@ -113,16 +113,15 @@ class Generator(nn.Module):
     def _chunk_logprobs(self, prompts: list[list[int]], targets: list[list[int]], length: int) -> torch.Tensor:
         """Token log-probs of ``targets`` after ``prompts``: [n, length] (zeros beyond each target)."""
         device = self.device
-        labels = _pad_right(targets, length, 0).to(device)
+        labels = _pad_right(targets, length, self.pad_id).to(device)  # padding is masked out below
         if self.seq2seq:
             width = max(map(len, prompts))
             input_ids = _pad_right(prompts, width, self.pad_id).to(device)
             attention = _pad_right([[1] * len(p) for p in prompts], width, 0).to(device)
             start = self.model.config.decoder_start_token_id
             decoder_in = torch.cat([torch.full_like(labels[:, :1], start), labels[:, :-1]], dim=1)
-            decoder_in = decoder_in.masked_fill(decoder_in == 0, self.pad_id) if self.pad_id != 0 else decoder_in
-            logits = self.model(input_ids=input_ids, attention_mask=attention,
-                                decoder_input_ids=decoder_in).logits  # [n, L, V]
+            logits = self.model(input_ids=input_ids, attention_mask=attention, decoder_input_ids=decoder_in,
+                                use_cache=False).logits  # [n, L, V]
         else:
             width = max(map(len, prompts))
             rows = [[self.pad_id] * (width - len(p)) + p + t + [self.pad_id] * (length - len(t))
@@ -131,7 +130,7 @@ class Generator(nn.Module):
                                       for p, t in zip(prompts, targets)], device=device)
             positions = (attention.cumsum(-1) - 1).clamp(min=0)
             out = self.model(input_ids=torch.tensor(rows, device=device), attention_mask=attention,
-                             position_ids=positions, logits_to_keep=length + 1)
+                             position_ids=positions, logits_to_keep=length + 1, use_cache=False)
             logits = out.logits[:, :length]  # position P-1+t predicts answer token t
         mask = _pad_right([[1] * len(t) for t in targets], length, 0).to(device)
         return gather_logprobs(logits, labels) * mask
