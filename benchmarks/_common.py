@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = Path("/work/shared/data/squad_v1_dev")
+def shared_data() -> Path:
+    """The project's real datasets: $JSARAG_SHARED_DATA, or ../shared/data beside the checkout."""
+    env = os.environ.get("JSARAG_SHARED_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+DEFAULT_DATA = shared_data() / "squad_v1_dev"
 
 # Library downloads and loaders print progress bars to stderr; a benchmark needs none of them.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from step_cost import build_rag, emit, machine, median, peak_rss_mib, quiet_libraries, say, squad_setup  # noqa: E402
+from step_cost import build_rag, emit, machine, median, peak_rss_mib, quiet_libraries, say, squad_setup
 
 
 def main(argv=None) -> None:
@@ -65,27 +64,48 @@ def main(argv=None) -> None:
     result = {"benchmark": "eval_throughput", "quick": q, "machine": machine()}
     corpus, questions = squad_setup(n_questions, n_passages, args.seed, split="dev")
     t = time.perf_counter()
-    model, cfg = build_rag(corpus, max_passage_tokens=args.max_passage_tokens, lora=not args.no_lora, seed=args.seed)
+    model, cfg = build_rag(
+        corpus, max_passage_tokens=args.max_passage_tokens, lora=not args.no_lora, seed=args.seed
+    )
     setup_s = time.perf_counter() - t
     model.eval()
     device = torch.device("cpu")
 
-    variants = {f"per_passage_K{args.top_k}": ("per_passage", args.top_k), f"concat_K{args.top_k}": ("concat", args.top_k)}
+    variants = {
+        f"per_passage_K{args.top_k}": ("per_passage", args.top_k),
+        f"concat_K{args.top_k}": ("concat", args.top_k),
+    }
     if not args.no_k1 and args.top_k != 1:
         variants.update({"per_passage_K1": ("per_passage", 1), "concat_K1": ("concat", 1)})
 
     def cfg_for(decode: str, k: int) -> EvalConfig:
-        return EvalConfig(top_k=k, decode=decode, num_beams=1, max_new_tokens=args.max_new_tokens,
-                          batch_size=args.eval_batch_size, retrieval_ks=[1, 5, 10])
+        return EvalConfig(
+            top_k=k,
+            decode=decode,
+            num_beams=1,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.eval_batch_size,
+            retrieval_ks=[1, 5, 10],
+        )
 
-    result["shape"] = {"questions": len(questions), "passages": len(corpus), "top_k": args.top_k,
-                       "max_new_tokens": args.max_new_tokens, "eval_batch_size": args.eval_batch_size,
-                       "max_passage_tokens": args.max_passage_tokens, "num_beams": 1, "precision": "bf16",
-                       "generator": cfg.generator.model + ("" if args.no_lora else " + LoRA (unmerged)"),
-                       "retriever": cfg.retriever.model, "timed_rounds": repeats,
-                       "search_depth": max(args.top_k, 10)}
-    say(f"eval_throughput: {len(questions)} dev questions, {len(corpus)} passages, K={args.top_k}, "
-        f"greedy, max_new_tokens={args.max_new_tokens} (setup {setup_s:.1f}s)")
+    result["shape"] = {
+        "questions": len(questions),
+        "passages": len(corpus),
+        "top_k": args.top_k,
+        "max_new_tokens": args.max_new_tokens,
+        "eval_batch_size": args.eval_batch_size,
+        "max_passage_tokens": args.max_passage_tokens,
+        "num_beams": 1,
+        "precision": "bf16",
+        "generator": cfg.generator.model + ("" if args.no_lora else " + LoRA (unmerged)"),
+        "retriever": cfg.retriever.model,
+        "timed_rounds": repeats,
+        "search_depth": max(args.top_k, 10),
+    }
+    say(
+        f"eval_throughput: {len(questions)} dev questions, {len(corpus)} passages, K={args.top_k}, "
+        f"greedy, max_new_tokens={args.max_new_tokens} (setup {setup_s:.1f}s)"
+    )
 
     warm = questions[: min(len(questions), args.eval_batch_size)]
     for name, (decode, k) in variants.items():
@@ -100,7 +120,9 @@ def main(argv=None) -> None:
         for name, (decode, k) in variants.items():
             gc.collect()
             t = time.perf_counter()
-            res = evaluate(model, questions, cfg_for(decode, k), device=device, precision="bf16", progress=False)
+            res = evaluate(
+                model, questions, cfg_for(decode, k), device=device, precision="bf16", progress=False
+            )
             times[name].append(time.perf_counter() - t)
             summaries[name] = res.summary
             line.append(f"{name} {times[name][-1]:.1f}s")
@@ -110,10 +132,16 @@ def main(argv=None) -> None:
     per = {}
     for name in variants:
         med = median(times[name])
-        per[name] = {"decode": variants[name][0], "top_k": variants[name][1], "median_s": med,
-                     "questions_per_s": n / med, "times_s": [round(x, 3) for x in times[name]],
-                     "em": summaries[name].get("em"), "f1": summaries[name].get("f1"),
-                     "recall@5": summaries[name].get("recall@5")}
+        per[name] = {
+            "decode": variants[name][0],
+            "top_k": variants[name][1],
+            "median_s": med,
+            "questions_per_s": n / med,
+            "times_s": [round(x, 3) for x in times[name]],
+            "em": summaries[name].get("em"),
+            "f1": summaries[name].get("f1"),
+            "recall@5": summaries[name].get("recall@5"),
+        }
         result[f"{name}_qps"] = n / med
     result["variants"] = per
 
@@ -135,9 +163,16 @@ def main(argv=None) -> None:
     say("")
     say(f"{'variant':<18}{'median s':>10}{'questions/s':>13}{'EM':>7}{'F1':>7}")
     for name, rec in per.items():
-        say(f"{name:<18}{rec['median_s']:>10.2f}{rec['questions_per_s']:>13.3f}{rec['em'] or 0:>7.1f}{rec['f1'] or 0:>7.1f}")
-    for key in ("concat_over_per_passage_qps", "concat_over_per_passage_qps_K1", "K1_over_K_per_passage_qps",
-                "K1_over_K_concat_qps"):
+        say(
+            f"{name:<18}{rec['median_s']:>10.2f}{rec['questions_per_s']:>13.3f}"
+            f"{rec['em'] or 0:>7.1f}{rec['f1'] or 0:>7.1f}"
+        )
+    for key in (
+        "concat_over_per_passage_qps",
+        "concat_over_per_passage_qps_K1",
+        "K1_over_K_per_passage_qps",
+        "K1_over_K_concat_qps",
+    ):
         if result[key] is not None:
             say(f"{key} = {result[key]:.3f} (median of per-round ratios)")
     say(f"wall {result['wall_s']:.0f}s")

@@ -40,8 +40,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from step_cost import (ScoreCounter, build_rag, emit, machine, median, peak_rss_mib,  # noqa: E402
-                       quiet_libraries, say, squad_setup)
+from step_cost import (
+    ScoreCounter,
+    build_rag,
+    emit,
+    machine,
+    median,
+    peak_rss_mib,
+    quiet_libraries,
+    say,
+    squad_setup,
+)
 
 PHASES = ("retriever", "gen_nograd", "mis", "gen_grad_fwd", "gen_grad_bwd", "retriever_bwd", "optimizer")
 
@@ -54,7 +63,9 @@ def main(argv=None) -> None:
     ap.add_argument("--proposals", type=int, default=50)
     ap.add_argument("--passages", type=int, help="default 1000; quick 300")
     ap.add_argument("--max-passage-tokens", type=int, help="default 192; quick 96")
-    ap.add_argument("--repeats", type=int, help="rounds of (estimator step, phase-timed step) (default 3; quick 1)")
+    ap.add_argument(
+        "--repeats", type=int, help="rounds of (estimator step, phase-timed step) (default 3; quick 1)"
+    )
     ap.add_argument("--diag-repeats", type=int, help="rounds per diagnostic (default 3; quick 2)")
     ap.add_argument("--no-diagnostics", action="store_true")
     ap.add_argument("--top", type=int, default=15)
@@ -84,7 +95,7 @@ def main(argv=None) -> None:
     B, K, M = args.batch_size, args.top_k, args.proposals
     result = {"benchmark": "profile_jsa", "quick": q, "machine": machine()}
     corpus, examples = squad_setup(B * (repeats + 2), n_passages, args.seed)
-    batches = [Batch.from_examples(examples[i * B:(i + 1) * B]) for i in range(repeats + 2)]
+    batches = [Batch.from_examples(examples[i * B : (i + 1) * B]) for i in range(repeats + 2)]
     t = time.perf_counter()
     model, cfg = build_rag(corpus, max_passage_tokens=max_tokens, seed=args.seed)
     setup_s = time.perf_counter() - t
@@ -101,11 +112,21 @@ def main(argv=None) -> None:
     device = torch.device("cpu")
     retriever = model.retriever
     counter = ScoreCounter(model.generator)
-    result["shape"] = {"batch_size": B, "top_k": K, "proposals": M, "passages": len(corpus),
-                       "max_passage_tokens": max_tokens, "precision": "bf16", "rounds": repeats,
-                       "generator": cfg.generator.model + " + LoRA", "retriever": cfg.retriever.model}
-    say(f"profile_jsa: B={B} K={K} m={M} passages={len(corpus)} max_passage_tokens={max_tokens} "
-        f"(setup {setup_s:.1f}s)")
+    result["shape"] = {
+        "batch_size": B,
+        "top_k": K,
+        "proposals": M,
+        "passages": len(corpus),
+        "max_passage_tokens": max_tokens,
+        "precision": "bf16",
+        "rounds": repeats,
+        "generator": cfg.generator.model + " + LoRA",
+        "retriever": cfg.retriever.model,
+    }
+    say(
+        f"profile_jsa: B={B} K={K} m={M} passages={len(corpus)} max_passage_tokens={max_tokens} "
+        f"(setup {setup_s:.1f}s)"
+    )
 
     def prepare(seed: int) -> None:
         with torch.no_grad():
@@ -144,8 +165,14 @@ def main(argv=None) -> None:
             log_post = retriever.log_probs(post_query, rows, mask)
             t4 = clock()
             ph["retriever"] = t4 - t0
-            sub.update({"retriever.encoders": t1 - t0, "retriever.search": t2 - t1, "retriever.union": t3 - t2,
-                        "retriever.log_probs": t4 - t3})
+            sub.update(
+                {
+                    "retriever.encoders": t1 - t0,
+                    "retriever.search": t2 - t1,
+                    "retriever.union": t3 - t2,
+                    "retriever.log_probs": t4 - t3,
+                }
+            )
             Kp = rows.shape[1]
             t0 = clock()
             proposals = sample_candidates(log_post, M)
@@ -158,7 +185,7 @@ def main(argv=None) -> None:
             t0 = clock()
             log_w = log_importance_weights(log_prior.detach(), seq_loglik, log_post.detach())
             log_u = torch.rand(proposals.shape, device=proposals.device).log()
-            states, accepted = mis_chain(log_w, proposals, log_u, None)
+            states, _accepted = mis_chain(log_w, proposals, log_u, None)
             weights = count_states(states, Kp) / M
             ph["mis"] += clock() - t0
             t0 = clock()
@@ -177,9 +204,12 @@ def main(argv=None) -> None:
         opt.zero_grad(set_to_none=True)
         ph["optimizer"] = clock() - t0
         ph["total"] = clock() - t_start
-        info = {"distinct_proposals": to_score.sum(-1).float().mean().item(),
-                "distinct_states": (weights > 0).sum(-1).float().mean().item(),
-                "candidates": mask.sum(-1).float().mean().item(), **sub}
+        info = {
+            "distinct_proposals": to_score.sum(-1).float().mean().item(),
+            "distinct_states": (weights > 0).sum(-1).float().mean().item(),
+            "candidates": mask.sum(-1).float().mean().item(),
+            **sub,
+        }
         return ph, loss_value, info
 
     # 0. Warm-up, untimed.
@@ -196,14 +226,24 @@ def main(argv=None) -> None:
     top = sorted(averages, key=lambda e: e.self_cpu_time_total, reverse=True)[: args.top]
     result["profiled_step_s"] = secs
     result["profiled_generator_seqs"] = dict(counter.counts)
-    result["top_ops"] = [{"name": e.key, "self_cpu_ms": e.self_cpu_time_total / 1000,
-                          "self_cpu_pct": 100 * e.self_cpu_time_total / total_self,
-                          "cpu_total_ms": e.cpu_time_total / 1000, "calls": e.count} for e in top]
+    result["top_ops"] = [
+        {
+            "name": e.key,
+            "self_cpu_ms": e.self_cpu_time_total / 1000,
+            "self_cpu_pct": 100 * e.self_cpu_time_total / total_self,
+            "cpu_total_ms": e.cpu_time_total / 1000,
+            "calls": e.count,
+        }
+        for e in top
+    ]
     say(f"\nprofiled step: {secs:.2f}s wall (profiler on); top {args.top} ops by self CPU time:")
     say(f"{'op':<52}{'self ms':>10}{'self %':>8}{'total ms':>10}{'calls':>8}")
     for r in result["top_ops"]:
-        say(f"{r['name'][:51]:<52}{r['self_cpu_ms']:>10.1f}{r['self_cpu_pct']:>8.1f}{r['cpu_total_ms']:>10.1f}"
-            f"{r['calls']:>8}")
+        say(
+            f"{r['name'][:51]:<52}{r['self_cpu_ms']:>10.1f}{r['self_cpu_pct']:>8.1f}"
+            f"{r['cpu_total_ms']:>10.1f}"
+            f"{r['calls']:>8}"
+        )
     del prof, averages
 
     # 2. Estimator step vs the phase-timed reproduction, interleaved; same batch and seed per round.
@@ -219,9 +259,11 @@ def main(argv=None) -> None:
         phase_recs.append(ph)
         infos.append(info)
         loss_pairs.append((e_loss, p_loss))
-        say(f"  round {r}: estimator step {e_secs:.2f}s, reproduction {ph['total']:.2f}s "
+        say(
+            f"  round {r}: estimator step {e_secs:.2f}s, reproduction {ph['total']:.2f}s "
             f"(loss {e_loss:.4f} vs {p_loss:.4f}); distinct proposals {info['distinct_proposals']:.1f}, "
-            f"states {info['distinct_states']:.1f}")
+            f"states {info['distinct_states']:.1f}"
+        )
     phases = {k: median([p[k] for p in phase_recs]) for k in PHASES + ("total",)}
     fractions = {k: median([p[k] / p["total"] for p in phase_recs]) for k in PHASES}
     fractions["other"] = median([1 - sum(p[k] for k in PHASES) / p["total"] for p in phase_recs])
@@ -246,7 +288,9 @@ def main(argv=None) -> None:
 
     # 3. Diagnostics on the no-grad scoring call.
     if not args.no_diagnostics:
-        result["diagnostics"] = diagnostics(model, retriever, batches[2], K, M, diag_repeats, torch, dist, device)
+        result["diagnostics"] = diagnostics(
+            model, retriever, batches[2], K, M, diag_repeats, torch, dist, device
+        )
     result["peak_rss_mib"] = round(peak_rss_mib(), 1)
     result["setup_s"] = setup_s
     result["wall_s"] = time.perf_counter() - began
@@ -276,7 +320,9 @@ def diagnostics(model, retriever, batch, K, M, repeats, torch, dist, device) -> 
         return time.perf_counter() - t0, values[selected].float()
 
     out = {"sequences": n_seqs}
-    say(f"\ndiagnostics on the no-grad scoring of {n_seqs} distinct proposals ({repeats} interleaved rounds):")
+    say(
+        f"\ndiagnostics on the no-grad scoring of {n_seqs} distinct proposals ({repeats} interleaved rounds):"
+    )
 
     # a) autocast re-casts frozen fp32 weights on every forward (its cache holds only leaves that
     #    require grad); a bf16 copy of the frozen base weights avoids that.
@@ -301,11 +347,18 @@ def diagnostics(model, retriever, batch, K, M, repeats, torch, dist, device) -> 
     del bf16_model
     gc.collect()
     ratio = median([a / b for a, b in zip(times["fp32_frozen"], times["bf16_frozen"])])
-    out["autocast_recast"] = {"frozen_params": frozen, "fp32_frozen_s": median(times["fp32_frozen"]),
-                              "bf16_frozen_s": median(times["bf16_frozen"]), "fp32_over_bf16": ratio,
-                              "max_abs_logprob_diff": (vals["fp32_frozen"] - vals["bf16_frozen"]).abs().max().item()}
-    say(f"  frozen weights fp32 (autocast casts each forward) {median(times['fp32_frozen']):.3f}s vs stored bf16 "
-        f"{median(times['bf16_frozen']):.3f}s: ratio {ratio:.3f}")
+    out["autocast_recast"] = {
+        "frozen_params": frozen,
+        "fp32_frozen_s": median(times["fp32_frozen"]),
+        "bf16_frozen_s": median(times["bf16_frozen"]),
+        "fp32_over_bf16": ratio,
+        "max_abs_logprob_diff": (vals["fp32_frozen"] - vals["bf16_frozen"]).abs().max().item(),
+    }
+    say(
+        f"  frozen weights fp32 (autocast casts each forward) {median(times['fp32_frozen']):.3f}s"
+        " vs stored bf16 "
+        f"{median(times['bf16_frozen']):.3f}s: ratio {ratio:.3f}"
+    )
 
     # b) dropout (LoRA dropout 0.05, MiniLM's 0.1 does not run here) in the no-grad MIS scoring pass.
     times = {"train": [], "eval": []}
@@ -318,14 +371,24 @@ def diagnostics(model, retriever, batch, K, M, repeats, torch, dist, device) -> 
                 times[key].append(s)
             vals[key].append(v)
     gen.train()
-    noise = max((a - b).abs().max().item() for a, b in zip(vals["train"], vals["train"][1:])) if repeats else float("nan")
+    noise = (
+        max((a - b).abs().max().item() for a, b in zip(vals["train"], vals["train"][1:]))
+        if repeats
+        else float("nan")
+    )
     ratio = median([a / b for a, b in zip(times["train"], times["eval"])])
-    out["dropout_in_scoring"] = {"train_mode_s": median(times["train"]), "eval_mode_s": median(times["eval"]),
-                                 "train_over_eval": ratio,
-                                 "max_abs_logprob_change_between_dropout_draws": noise,
-                                 "max_abs_logprob_train_vs_eval": (vals["train"][-1] - vals["eval"][-1]).abs().max().item()}
-    say(f"  dropout on (train mode) {median(times['train']):.3f}s vs off {median(times['eval']):.3f}s: ratio {ratio:.3f}; "
-        f"log p_g(y|x,h) moves by up to {noise:.3f} nats between two dropout draws")
+    out["dropout_in_scoring"] = {
+        "train_mode_s": median(times["train"]),
+        "eval_mode_s": median(times["eval"]),
+        "train_over_eval": ratio,
+        "max_abs_logprob_change_between_dropout_draws": noise,
+        "max_abs_logprob_train_vs_eval": (vals["train"][-1] - vals["eval"][-1]).abs().max().item(),
+    }
+    say(
+        f"  dropout on (train mode) {median(times['train']):.3f}s vs off {median(times['eval']):.3f}s: "
+        f"ratio {ratio:.3f}; "
+        f"log p_g(y|x,h) moves by up to {noise:.3f} nats between two dropout draws"
+    )
 
     # c) prompt building in Python (token ids, per pair) as a share of the scoring call.
     b_idx, k_idx = selected.nonzero(as_tuple=True)
@@ -340,8 +403,10 @@ def diagnostics(model, retriever, batch, K, M, repeats, torch, dist, device) -> 
         pair_s.append(time.perf_counter() - t0)
     base = median(times["train"])
     out["prompt_building"] = {"pairs_s": median(pair_s), "fraction_of_scoring": median(pair_s) / base}
-    say(f"  building token-id prompts ({len(ps)} pairs): {1000 * median(pair_s):.2f} ms "
-        f"({100 * median(pair_s) / base:.2f}% of the scoring call)")
+    say(
+        f"  building token-id prompts ({len(ps)} pairs): {1000 * median(pair_s):.2f} ms "
+        f"({100 * median(pair_s) / base:.2f}% of the scoring call)"
+    )
     return out
 
 

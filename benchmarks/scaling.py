@@ -10,10 +10,13 @@ against corpus size.
    {1, 10, 50, 100} with K=10, over a corpus of SQuAD paragraphs holding the questions' gold paragraphs.
    Time: one process, weights restored before every step, all points interleaved round by round
    (same question for every point in a round, same torch seed); medians over rounds.
-   Memory: each point runs in its own subprocess (``--point K M``), which reports
-   ``getrusage(RUSAGE_SELF).ru_maxrss`` after setup (models, index) and after its steps; ru_maxrss is
-   monotonic per process, hence one process per point. ``step_delta_mib`` = peak - after-setup is a
-   lower bound of what a step adds (it is exact whenever the step's peak exceeds the loading peak).
+   Memory: each point runs in its own subprocess (``--point K M``), since ru_maxrss is monotonic per
+   process. The subprocess reads ``getrusage(RUSAGE_SELF).ru_maxrss`` after setup (models, index, AdamW
+   state), resets its peak RSS to the current RSS (``/proc/self/clear_refs``, Linux >= 4.0), runs its
+   steps and reads ru_maxrss again: ``peak_mib`` is the process peak, ``step_peak_mib`` the peak during
+   the steps and ``step_delta_mib`` what a step adds to the loaded process. It is started through
+   ``/bin/sh`` (which forks it): a child exec'd directly from this big process would inherit this
+   process's peak in its own ru_maxrss.
 2. Index search: random unit vectors, d=384, corpus sizes {1k, 10k, 100k, 1M} (quick: up to 100k),
    1,000 random unit queries, k=10, through ``jsarag.index.PassageIndex``: Flat (exact inner product)
    and HNSW32 with efSearch=64. All (size, index) combinations interleaved over repeats. HNSW
@@ -30,6 +33,7 @@ import argparse
 import gc
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -39,8 +43,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from step_cost import (ScoreCounter, build_rag, emit, machine, median, peak_rss_mib,  # noqa: E402
-                       quiet_libraries, say, squad_setup)
+from step_cost import (
+    ScoreCounter,
+    build_rag,
+    emit,
+    machine,
+    median,
+    peak_rss_mib,
+    quiet_libraries,
+    say,
+    squad_setup,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -59,12 +72,15 @@ class StepRunner:
         corpus, examples = squad_setup(args.questions, args.passages, args.seed)
         self.corpus = corpus
         self.batches = [Batch.from_examples([e]) for e in examples]
-        self.model, self.cfg = build_rag(corpus, max_passage_tokens=args.max_passage_tokens, seed=args.seed,
-                                         vectors=vectors)
+        self.model, self.cfg = build_rag(
+            corpus, max_passage_tokens=args.max_passage_tokens, seed=args.seed, vectors=vectors
+        )
         self.model.train()
         self.model.set_trainable({"prior", "posterior", "generator"})  # JSA trains these (passage frozen)
         self.counter = ScoreCounter(self.model.generator)
-        self.initial = [(p, p.detach().clone()) for ps in component_parameters(self.model).values() for p in ps]
+        self.initial = [
+            (p, p.detach().clone()) for ps in component_parameters(self.model).values() for p in ps
+        ]
         self.opt = build_optimizer(self.model, self.cfg.optim)
         for group in self.opt.param_groups:  # allocate AdamW state outside the timed steps
             for p in group["params"]:
@@ -104,8 +120,30 @@ class StepRunner:
         return elapsed, {**metrics, **self.counter.counts}
 
 
+def _status_mib(key: str) -> float | None:
+    """A field of /proc/self/status (VmRSS, VmHWM), MiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak RSS to its current RSS (Linux >= 4.0: ``echo 5 > /proc/self/clear_refs``);
+    ru_maxrss then reports the peak since the reset."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def run_point(args) -> None:
-    """Subprocess mode: one (K, m) point, a few steps, ru_maxrss after setup and at the end."""
+    """Subprocess mode: one (K, m) point. ru_maxrss after setup (models, index, optimiser state), then
+    the peak RSS is reset to the current RSS and ru_maxrss read again after the steps."""
     import numpy as np
 
     quiet_libraries()
@@ -118,15 +156,30 @@ def run_point(args) -> None:
     runner = StepRunner(args, vectors)
     del vectors
     gc.collect()
-    after_setup = peak_rss_mib()
+    setup_peak = peak_rss_mib()
+    rss_before = _status_mib("VmRSS")
+    reset = _reset_peak_rss()
     secs = []
     for i in range(args.point_steps):
         s, _ = runner.step(K, M, i)
         secs.append(s)
-    peak = peak_rss_mib()
-    print(json.dumps({"top_k": K, "proposals": M, "after_setup_mib": round(after_setup, 1),
-                      "peak_mib": round(peak, 1), "step_delta_mib": round(peak - after_setup, 1),
-                      "steps_s": [round(s, 3) for s in secs]}), flush=True)
+    end = peak_rss_mib()
+    rec = {
+        "top_k": K,
+        "proposals": M,
+        "setup_peak_mib": round(setup_peak, 1),
+        "rss_before_steps_mib": round(rss_before, 1) if rss_before is not None else None,
+        "peak_mib": round(max(setup_peak, end), 1),
+        "peak_reset": reset,
+        "steps_s": [round(s, 3) for s in secs],
+    }
+    if reset and rss_before is not None:
+        rec["step_peak_mib"] = round(end, 1)  # peak RSS during the steps
+        rec["step_delta_mib"] = round(end - rss_before, 1)  # what a step adds on top of the loaded model
+    else:
+        rec["step_peak_mib"] = None
+        rec["step_delta_mib"] = round(max(0.0, end - setup_peak), 1)  # lower bound
+    print(json.dumps(rec), flush=True)
 
 
 def jsa_points(args) -> list[tuple[int, int]]:
@@ -152,11 +205,23 @@ def jsa_timing(args, runner: StepRunner, points) -> dict:
         say(f"  round {r} (question {b}): " + " | ".join(line))
     out = {}
     for p in points:
-        keys = ("distinct_proposals", "distinct_states", "candidates", "accept_rate", "nograd_seqs", "grad_seqs")
+        keys = (
+            "distinct_proposals",
+            "distinct_states",
+            "candidates",
+            "accept_rate",
+            "nograd_seqs",
+            "grad_seqs",
+        )
         out[f"K{p[0]}_m{p[1]}"] = {
-            "top_k": p[0], "proposals": p[1], "median_s": median(times[p]), "min_s": min(times[p]),
-            "max_s": max(times[p]), "times_s": [round(t, 4) for t in times[p]],
-            **{f"mean_{k}": statistics.fmean(m[k] for m in recs[p]) for k in keys}}
+            "top_k": p[0],
+            "proposals": p[1],
+            "median_s": median(times[p]),
+            "min_s": min(times[p]),
+            "max_s": max(times[p]),
+            "times_s": [round(t, 4) for t in times[p]],
+            **{f"mean_{k}": statistics.fmean(m[k] for m in recs[p]) for k in keys},
+        }
     return out
 
 
@@ -164,14 +229,32 @@ def jsa_memory(args, points, vectors_path: str) -> dict:
     say(f"JSA peak memory: one subprocess per point, {args.point_steps} step(s) each")
     out = {}
     for K, M in points:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--point", str(K), str(M), "--vectors", vectors_path,
-               "--passages", str(args.passages), "--questions", str(args.questions),
-               "--max-passage-tokens", str(args.max_passage_tokens), "--seed", str(args.seed),
-               "--point-steps", str(args.point_steps)]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--point",
+            str(K),
+            str(M),
+            "--vectors",
+            vectors_path,
+            "--passages",
+            str(args.passages),
+            "--questions",
+            str(args.questions),
+            "--max-passage-tokens",
+            str(args.max_passage_tokens),
+            "--seed",
+            str(args.seed),
+            "--point-steps",
+            str(args.point_steps),
+        ]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
+        # Through a shell that forks python (not exec): a child exec'd straight from this process would
+        # inherit this process's peak RSS in its ru_maxrss (Linux keeps the pre-exec maximum).
+        shell = ["/bin/sh", "-c", shlex.join(cmd) + "; exit $?"]
         t = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO))
+        proc = subprocess.run(shell, capture_output=True, text=True, cwd=str(REPO), check=False)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode != 0 or not lines:
             say(f"  K={K} m={M}: subprocess failed (rc {proc.returncode}): {proc.stderr[-2000:]}")
@@ -179,8 +262,12 @@ def jsa_memory(args, points, vectors_path: str) -> dict:
             continue
         rec = json.loads(lines[-1])
         out[f"K{K}_m{M}"] = rec
-        say(f"  K={K} m={M}: after setup {rec['after_setup_mib']:.0f} MiB, peak {rec['peak_mib']:.0f} MiB "
-            f"(+{rec['step_delta_mib']:.0f}), subprocess {time.perf_counter() - t:.0f}s")
+        step = f"step peak {rec['step_peak_mib']:.0f} MiB, " if rec.get("step_peak_mib") is not None else ""
+        say(
+            f"  K={K} m={M}: setup peak {rec['setup_peak_mib']:.0f} MiB, RSS before steps "
+            f"{rec['rss_before_steps_mib']:.0f} MiB, {step}peak {rec['peak_mib']:.0f} MiB "
+            f"(step adds {rec['step_delta_mib']:.0f} MiB), subprocess {time.perf_counter() - t:.0f}s"
+        )
     return out
 
 
@@ -201,15 +288,18 @@ def index_search(args) -> dict:
         return x
 
     queries = unit(nq)
-    say(f"index search: d={d}, {nq} queries, k={k}, sizes {sizes}; Flat and HNSW32 (efSearch=64); "
-        f"faiss threads {faiss.omp_get_max_threads()}")
+    say(
+        f"index search: d={d}, {nq} queries, k={k}, sizes {sizes}; Flat and HNSW32 (efSearch=64); "
+        f"faiss threads {faiss.omp_get_max_threads()}"
+    )
     indexes, builds = {}, {}
     for n in sizes:
         vectors = unit(n)
         for kind, factory, params in (("flat", "Flat", ""), ("hnsw32", "HNSW32", "efSearch=64")):
             t = time.perf_counter()
-            indexes[(n, kind)] = PassageIndex.from_vectors(vectors, factory=factory, search_params=params,
-                                                           corpus_hash=f"random-{n}", encoder={})
+            indexes[(n, kind)] = PassageIndex.from_vectors(
+                vectors, factory=factory, search_params=params, corpus_hash=f"random-{n}", encoder={}
+            )
             builds[(n, kind)] = time.perf_counter() - t
             say(f"  built {kind:<6} n={n:>8}: {builds[(n, kind)]:.1f}s")
         del vectors
@@ -229,12 +319,20 @@ def index_search(args) -> dict:
         recall = float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approx.tolist(), exact.tolist())]))
         for kind in ("flat", "hnsw32"):
             med = median(times[(n, kind)])
-            out[f"{kind}_{n}"] = {"index": kind, "corpus_size": n, "median_s_per_batch": med,
-                                  "median_ms_per_query": med * 1000 / nq, "queries_per_s": nq / med,
-                                  "build_s": builds[(n, kind)], "times_s": [round(t, 5) for t in times[(n, kind)]],
-                                  **({"recall_at_10_vs_flat": recall} if kind == "hnsw32" else {})}
-            say(f"  {kind:<6} n={n:>8}: {med * 1000 / nq:8.4f} ms/query, {nq / med:9.0f} queries/s"
-                + (f", recall@10 vs flat {recall:.3f}" if kind == "hnsw32" else ""))
+            out[f"{kind}_{n}"] = {
+                "index": kind,
+                "corpus_size": n,
+                "median_s_per_batch": med,
+                "median_ms_per_query": med * 1000 / nq,
+                "queries_per_s": nq / med,
+                "build_s": builds[(n, kind)],
+                "times_s": [round(t, 5) for t in times[(n, kind)]],
+                **({"recall_at_10_vs_flat": recall} if kind == "hnsw32" else {}),
+            }
+            say(
+                f"  {kind:<6} n={n:>8}: {med * 1000 / nq:8.4f} ms/query, {nq / med:9.0f} queries/s"
+                + (f", recall@10 vs flat {recall:.3f}" if kind == "hnsw32" else "")
+            )
     return out
 
 
@@ -251,30 +349,52 @@ def plots(result: dict, args, folder: Path) -> list[str]:
     timing, memory = result.get("jsa_time", {}), result.get("jsa_memory", {})
 
     def sweep(records: dict, vary: str, fixed: str, value: int):
-        rs = sorted((r for r in records.values() if r.get(fixed) == value and vary in r), key=lambda r: r[vary])
+        rs = sorted(
+            (r for r in records.values() if r.get(fixed) == value and vary in r), key=lambda r: r[vary]
+        )
         return rs
 
-    for vary, fixed, value, name in (("top_k", "proposals", args.m_for_k, "jsa_time_vs_K.png"),
-                                     ("proposals", "top_k", args.k_for_m, "jsa_time_vs_m.png")):
+    for vary, fixed, value, name in (
+        ("top_k", "proposals", args.m_for_k, "jsa_time_vs_K.png"),
+        ("proposals", "top_k", args.k_for_m, "jsa_time_vs_m.png"),
+    ):
         rs = sweep(timing, vary, fixed, value)
         if len(rs) < 2:
             continue
         fig, ax = plt.subplots(figsize=(5.5, 4))
         xs = [r[vary] for r in rs]
         med = [r["median_s"] for r in rs]
-        ax.errorbar(xs, med, yerr=[[m - r["min_s"] for m, r in zip(med, rs)], [r["max_s"] - m for m, r in zip(med, rs)]],
-                    marker="o", capsize=3, label="step time (median, min-max)")
-        ax.set_xlabel("K (top-K per retriever)" if vary == "top_k" else "m (proposals)")
+        ax.errorbar(
+            xs,
+            med,
+            yerr=[[m - r["min_s"] for m, r in zip(med, rs)], [r["max_s"] - m for m, r in zip(med, rs)]],
+            marker="o",
+            capsize=3,
+            label="step time (median, min-max)",
+        )
+        ax.set_xlabel("K (top-K per retriever)" if vary == "top_k" else "m (proposals, log scale)")
+        if vary == "proposals":
+            ax.set_xscale("log")
         ax.set_ylabel("seconds per step")
         ax2 = ax.twinx()
-        ax2.plot(xs, [r["mean_distinct_proposals"] for r in rs], "s--", color="tab:orange", label="distinct proposals")
-        ax2.plot(xs, [r["mean_distinct_states"] for r in rs], "^--", color="tab:green", label="distinct states")
+        ax2.plot(
+            xs,
+            [r["mean_distinct_proposals"] for r in rs],
+            "s--",
+            color="tab:orange",
+            label="distinct proposals",
+        )
+        ax2.plot(
+            xs, [r["mean_distinct_states"] for r in rs], "^--", color="tab:green", label="distinct states"
+        )
         ax2.set_ylabel("count per question")
         h1, l1 = ax.get_legend_handles_labels()
         h2, l2 = ax2.get_legend_handles_labels()
         ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper left")
-        ax.set_title(f"JSA step vs {'K (m=%d)' % value if vary == 'top_k' else 'm (K=%d)' % value}\n{title_tail}",
-                     fontsize=9)
+        ax.set_title(
+            f"JSA step vs {f'K (m={value})' if vary == 'top_k' else f'm (K={value})'}\n{title_tail}",
+            fontsize=9,
+        )
         fig.tight_layout()
         fig.savefig(folder / name, dpi=120)
         plt.close(fig)
@@ -284,15 +404,21 @@ def plots(result: dict, args, folder: Path) -> list[str]:
     mem_m = sweep(memory, "proposals", "top_k", args.k_for_m)
     if mem_k or mem_m:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        for ax, rs, vary, label in ((axes[0], mem_k, "top_k", f"K (m={args.m_for_k})"),
-                                    (axes[1], mem_m, "proposals", f"m (K={args.k_for_m})")):
+        for ax, rs, vary, label in (
+            (axes[0], mem_k, "top_k", f"K (m={args.m_for_k})"),
+            (axes[1], mem_m, "proposals", f"m (K={args.k_for_m})"),
+        ):
             rs = [r for r in rs if "peak_mib" in r]
             if rs:
                 xs = [r[vary] for r in rs]
-                ax.plot(xs, [r["peak_mib"] for r in rs], "o-", label="peak RSS")
-                ax.plot(xs, [r["after_setup_mib"] for r in rs], "s--", label="after setup (models, index)")
+                ax.plot(xs, [r["peak_mib"] for r in rs], "o-", label="process peak (ru_maxrss)")
+                if all(r.get("step_peak_mib") is not None for r in rs):
+                    ax.plot(xs, [r["step_peak_mib"] for r in rs], "^-", label="peak during the steps")
+                ax.plot(xs, [r["rss_before_steps_mib"] for r in rs], "s--", label="RSS before the steps")
             ax.set_xlabel(label)
-            ax.set_ylabel("MiB (ru_maxrss)")
+            if vary == "proposals":
+                ax.set_xscale("log")
+            ax.set_ylabel("MiB")
             ax.legend(fontsize=8)
         fig.suptitle(f"JSA step peak memory, {title_tail}", fontsize=9)
         fig.tight_layout()
@@ -305,7 +431,9 @@ def plots(result: dict, args, folder: Path) -> list[str]:
         fig, ax = plt.subplots(figsize=(5.5, 4))
         for kind, label in (("flat", "Flat (exact)"), ("hnsw32", "HNSW32, efSearch 64")):
             rs = sorted((r for r in search.values() if r["index"] == kind), key=lambda r: r["corpus_size"])
-            ax.loglog([r["corpus_size"] for r in rs], [r["median_ms_per_query"] for r in rs], "o-", label=label)
+            ax.loglog(
+                [r["corpus_size"] for r in rs], [r["median_ms_per_query"] for r in rs], "o-", label=label
+            )
         ax.set_xlabel("corpus size (vectors, d=384)")
         ax.set_ylabel("ms per query (batch of 1,000, k=10)")
         ax.set_title("FAISS search time vs corpus size (random unit vectors)", fontsize=9)
@@ -320,14 +448,23 @@ def plots(result: dict, args, folder: Path) -> list[str]:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true",
-                    help="K {2, 10}, m {1, 50}, 96-token passages, 300 passages, 2 rounds; index up to 100k")
-    ap.add_argument("--ks", type=int, nargs="+", help="K values at m=--m-for-k (default 2 5 10 20; quick 2 10)")
-    ap.add_argument("--ms", type=int, nargs="+", help="m values at K=--k-for-m (default 1 10 50 100; quick 1 50)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="K {2, 10}, m {1, 50}, 96-token passages, 300 passages, 2 rounds; index up to 100k",
+    )
+    ap.add_argument(
+        "--ks", type=int, nargs="+", help="K values at m=--m-for-k (default 2 5 10 20; quick 2 10)"
+    )
+    ap.add_argument(
+        "--ms", type=int, nargs="+", help="m values at K=--k-for-m (default 1 10 50 100; quick 1 50)"
+    )
     ap.add_argument("--m-for-k", type=int, default=50)
     ap.add_argument("--k-for-m", type=int, default=10)
     ap.add_argument("--passages", type=int, help="corpus size for the JSA step (default 1000; quick 300)")
-    ap.add_argument("--questions", type=int, help="distinct questions cycled over rounds (default 3; quick 2)")
+    ap.add_argument(
+        "--questions", type=int, help="distinct questions cycled over rounds (default 3; quick 2)"
+    )
     ap.add_argument("--max-passage-tokens", type=int, help="default 192; quick 96")
     ap.add_argument("--repeats", type=int, help="timed rounds over all points (default 4; quick 2)")
     ap.add_argument("--point-steps", type=int, default=2, help="steps per memory subprocess")
@@ -338,7 +475,9 @@ def main(argv=None) -> None:
     ap.add_argument("--skip-jsa", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-index", action="store_true")
-    ap.add_argument("--plots", default=str(REPO / "docs" / "benchmarks"), help="folder for PNG plots ('' for none)")
+    ap.add_argument(
+        "--plots", default=str(REPO / "docs" / "benchmarks"), help="folder for PNG plots ('' for none)"
+    )
     ap.add_argument("--threads", type=int)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out")
@@ -368,18 +507,32 @@ def main(argv=None) -> None:
         faiss.omp_set_num_threads(args.threads)
     began = time.perf_counter()
     points = jsa_points(args)
-    result = {"benchmark": "scaling", "quick": q, "machine": machine(),
-              "shape": {"batch_size": 1, "points": [list(p) for p in points], "passages": args.passages,
-                        "max_passage_tokens": args.max_passage_tokens, "questions": args.questions,
-                        "timed_rounds": args.repeats, "precision": "bf16",
-                        "generator": "builtin:smollm2-135m-instruct + LoRA", "retriever": "builtin:minilm",
-                        "estimator": "jsa (textbook: distinct proposals / states scored once)",
-                        "index_sizes": [n for n in args.sizes if n <= args.max_corpus], "index_queries": args.queries}}
+    result = {
+        "benchmark": "scaling",
+        "quick": q,
+        "machine": machine(),
+        "shape": {
+            "batch_size": 1,
+            "points": [list(p) for p in points],
+            "passages": args.passages,
+            "max_passage_tokens": args.max_passage_tokens,
+            "questions": args.questions,
+            "timed_rounds": args.repeats,
+            "precision": "bf16",
+            "generator": "builtin:smollm2-135m-instruct + LoRA",
+            "retriever": "builtin:minilm",
+            "estimator": "jsa (textbook: distinct proposals / states scored once)",
+            "index_sizes": [n for n in args.sizes if n <= args.max_corpus],
+            "index_queries": args.queries,
+        },
+    }
     phases = {}
     if not args.skip_jsa:
         t = time.perf_counter()
         runner = StepRunner(args)
-        say(f"setup {time.perf_counter() - t:.1f}s: {len(runner.corpus)} passages, {args.questions} questions")
+        say(
+            f"setup {time.perf_counter() - t:.1f}s: {len(runner.corpus)} passages, {args.questions} questions"
+        )
         t = time.perf_counter()
         result["jsa_time"] = jsa_timing(args, runner, points)
         phases["jsa_time_s"] = time.perf_counter() - t
@@ -405,8 +558,9 @@ def main(argv=None) -> None:
     ref = f"K{args.k_for_m}_m{args.m_for_k}"
     if ref in jt:
         result["time_relative_to_K10_m50"] = {k: v["median_s"] / jt[ref]["median_s"] for k, v in jt.items()}
-    if ref in jm and "peak_mib" in jm[ref]:
+    if jm:
         result["peak_mib"] = {k: v.get("peak_mib") for k, v in jm.items()}
+        result["step_delta_mib"] = {k: v.get("step_delta_mib") for k, v in jm.items()}
     for key, rec in jt.items():
         result[f"jsa_{key}_median_s"] = rec["median_s"]
     search = result.get("index_search", {})
@@ -418,11 +572,18 @@ def main(argv=None) -> None:
 
     if jt:
         say("")
-        say(f"{'K':>4}{'m':>5}{'median s':>10}{'distinct props':>16}{'distinct states':>17}{'peak MiB':>10}")
+        say(
+            f"{'K':>4}{'m':>5}{'median s':>10}{'distinct props':>16}{'distinct states':>17}{'peak MiB':>10}"
+            f"{'step adds MiB':>15}"
+        )
+        nan = float("nan")
         for key, rec in jt.items():
-            mem = jm.get(key, {}).get("peak_mib", float("nan"))
-            say(f"{rec['top_k']:>4}{rec['proposals']:>5}{rec['median_s']:>10.3f}{rec['mean_distinct_proposals']:>16.2f}"
-                f"{rec['mean_distinct_states']:>17.2f}{mem:>10.0f}")
+            mem = jm.get(key, {})
+            say(
+                f"{rec['top_k']:>4}{rec['proposals']:>5}{rec['median_s']:>10.3f}"
+                f"{rec['mean_distinct_proposals']:>16.2f}{rec['mean_distinct_states']:>17.2f}"
+                f"{mem.get('peak_mib') or nan:>10.0f}{mem.get('step_delta_mib') or nan:>15.0f}"
+            )
     for path in result["plots"]:
         say(f"plot: {path}")
     say(f"wall {result['wall_s']:.0f}s")

@@ -1,22 +1,32 @@
 """Cost of one full training step for RAG-Sequence, VRAG (exact), JSA (textbook) and JSA "as released".
 
     python benchmarks/step_cost.py                 # the real measurement (B=4, ~1,000 passages, 192 tokens)
-    python benchmarks/step_cost.py --quick         # reduced run, a few minutes on 2 cores
+    python benchmarks/step_cost.py --quick         # B=1, ~300 passages, 96 tokens (~2 min, 2 quiet cores)
     python benchmarks/step_cost.py --out step_cost.json
 
-A step is what the training loop does for one micro-batch: the estimator's forward under bf16
-autocast, backward, AdamW step (``jsarag.train.optim.build_optimizer``), ``zero_grad``. Gradient
-clipping and norm logging are left out (they cost milliseconds).
+Headline `jsa_over_rag_sequence` is measured during training (the first steps of real `jsarag train` runs, see
+`training_cost.py`); `jsa_over_rag_sequence_at_init` is the same ratio at the initial weights, below.
+
+A step is what the training loop does for one optimiser step: the estimator's forward under bf16
+autocast and backward for each micro-batch, then the AdamW step (``jsarag.train.optim.build_optimizer``)
+and ``zero_grad``. Gradient clipping and norm logging are left out (they cost milliseconds). The B=4
+questions run as 4 micro-batches of 1 (``--micro-batch-size``), for every variant alike: the
+as-released variant keeps the graphs of m=50 generator sequences per question (~15 GB at 192-token
+passages), so 4 questions at once would not fit in 24 GB.
+
+Variants, K=10 each: ``rag_sequence``; ``vrag`` (exact ELBO over the posterior top K); ``jsa`` (m=50,
+textbook defaults: each distinct proposal scored once without gradient, each distinct chain state
+once with gradient); ``jsa_released`` (``JSAConfig(score_all_proposals=True)``: all m proposals and
+all m states scored, duplicates included, the released code's cost profile).
 
 Fairness: every variant starts each step from the same initial weights (the trainable parameters are
-copied back before every step, outside the timed region), runs on the same batches, with the same
-torch seed per batch (same dropout masks and, for JSA, the same proposals). Variants are interleaved
-(A, B, C, D, A, B, C, D, ...) after a warm-up round so that background load hits them alike; the
-headline ratios are medians of per-round ratios (each round: same batch for all variants).
-
-The JSA variants differ only in ``JSAConfig.score_all_proposals``: textbook JSA scores each distinct
-proposal once without gradient and each distinct chain state once with gradient; "as released"
-scores all m proposals and all m states, duplicates included (the released code's cost profile).
+copied back before every step, outside the timed region; AdamW state is allocated before timing),
+runs on the same batches with the same torch seed per batch. After a warm-up round (all variants but
+the as-released one, which only adds duplicate sequences to the same code paths; ``--warmup-all``
+includes it), the variants are interleaved round by round (A, B, C, D, A, B, C, D, ...) so that
+background load hits them alike; headline ratios are medians of per-round ratios (same batch within
+a round). Recorded per variant: distinct proposals and states per question (the estimator's
+metrics), generator sequences run with and without gradient, tokens run (with padding) and peak RSS.
 
 The last stdout line is one JSON object with every figure.
 """
@@ -26,6 +36,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import platform
 import random
@@ -35,7 +46,7 @@ import sys
 import time
 from pathlib import Path
 
-SQUAD = Path(os.environ.get("JSARAG_SHARED_DATA", "/work/shared/data")) / "squad_v1_dev"
+SQUAD = Path(os.environ.get("JSARAG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "squad_v1_dev"
 
 
 # ---- helpers (self-contained: benchmarks/_common.py did not exist when this script was written) -------
@@ -48,13 +59,10 @@ def quiet_libraries() -> None:
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
-    try:
-        import transformers
+    import transformers
 
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-    except Exception:  # never fail a benchmark on this
-        pass
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def machine() -> dict:
@@ -77,13 +85,23 @@ def machine() -> dict:
         mem_gib = round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1)
     except (ValueError, OSError):
         mem_gib = None
-    return {"cpu_model": cpu, "cpu_flags": flags, "logical_cores": os.cpu_count(),
-            "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "faiss_omp_threads": faiss.omp_get_max_threads(),
-            "memory_gib": mem_gib, "platform": platform.platform(), "python": platform.python_version(),
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                         "faiss": faiss.__version__},
-            "load_average_at_start": list(os.getloadavg())}
+    return {
+        "cpu_model": cpu,
+        "cpu_flags": flags,
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "faiss_omp_threads": faiss.omp_get_max_threads(),
+        "memory_gib": mem_gib,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "faiss": faiss.__version__,
+        },
+        "load_average_at_start": list(os.getloadavg()),
+    }
 
 
 def median(xs):
@@ -96,7 +114,7 @@ def peak_rss_mib() -> float:
 
 
 def _jsonable(value):
-    if isinstance(value, float) and value != value:
+    if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -149,17 +167,26 @@ def build_rag(corpus, *, max_passage_tokens: int, lora: bool = True, seed: int =
     from jsarag.pipeline import build_model
     from jsarag.train import distributed as dist
 
-    cfg = Config(retriever=RetrieverConfig(model="builtin:minilm"),
-                 generator=GeneratorConfig(model="builtin:smollm2-135m-instruct",
-                                           lora=LoraConfig(enabled=lora), max_passage_tokens=max_passage_tokens))
+    cfg = Config(
+        retriever=RetrieverConfig(model="builtin:minilm"),
+        generator=GeneratorConfig(
+            model="builtin:smollm2-135m-instruct",
+            lora=LoraConfig(enabled=lora),
+            max_passage_tokens=max_passage_tokens,
+        ),
+    )
     dist.seed_everything(seed)
     model = build_model(cfg)
     if vectors is None:
         with dist.autocast(torch.device("cpu"), "bf16"):
             index = build_index(corpus, model.retriever.passage, progress=False)
     else:
-        index = PassageIndex.from_vectors(vectors, corpus_hash=corpus.fingerprint(), corpus_source=corpus.source,
-                                          encoder=model.retriever.passage.identity())
+        index = PassageIndex.from_vectors(
+            vectors,
+            corpus_hash=corpus.fingerprint(),
+            corpus_source=corpus.source,
+            encoder=model.retriever.passage.identity(),
+        )
     model.retriever.attach(index, corpus)
     return model, cfg
 
@@ -174,14 +201,17 @@ class ScoreCounter:
         self.reset()
 
     def reset(self) -> None:
-        self.counts = {"nograd_seqs": 0, "grad_seqs": 0, "nograd_tokens": 0, "grad_tokens": 0}
+        self.counts = {
+            f"{g}_{what}": 0 for g in ("nograd", "grad") for what in ("seqs", "tokens", "real_tokens")
+        }
 
     def __call__(self, prompts, targets, length):
         import torch
 
         key = "grad" if torch.is_grad_enabled() else "nograd"
         self.counts[f"{key}_seqs"] += len(prompts)
-        self.counts[f"{key}_tokens"] += len(prompts) * (max(map(len, prompts)) + length)  # padded tokens
+        self.counts[f"{key}_tokens"] += len(prompts) * (max(map(len, prompts)) + length)  # as run, padded
+        self.counts[f"{key}_real_tokens"] += sum(len(p) + len(t) for p, t in zip(prompts, targets))
         return self._orig(prompts, targets, length)
 
 
@@ -205,27 +235,39 @@ def make_estimator(name: str, top_k: int, proposals: int):
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true",
-                    help="B=1, 96-token passages, ~300 passages, warm-up + 2 timed rounds")
+    ap.add_argument(
+        "--quick", action="store_true", help="B=1, 96-token passages, ~300 passages, warm-up + 2 timed rounds"
+    )
     ap.add_argument("--batch-size", type=int, help="questions per optimiser step (default 4; quick 1)")
-    ap.add_argument("--micro-batch-size", type=int, default=1,
-                    help="questions per forward/backward (gradient accumulation inside the step, as "
-                         "train.grad_accum_steps does). Default 1: the as-released variant keeps m=50 "
-                         "sequences with gradient per question (~15 GB at 192 tokens), so 4 at once would "
-                         "not fit in 24 GB. The same split is used for every variant.")
+    ap.add_argument(
+        "--micro-batch-size",
+        type=int,
+        default=1,
+        help="questions per forward/backward (gradient accumulation inside the step, as "
+        "train.grad_accum_steps does). Default 1: the as-released variant keeps m=50 "
+        "sequences with gradient per question (~15 GB at 192 tokens), so 4 at once would "
+        "not fit in 24 GB. The same split is used for every variant.",
+    )
     ap.add_argument("--top-k", type=int, default=10)
     ap.add_argument("--proposals", type=int, default=50, help="JSA m")
     ap.add_argument("--passages", type=int, help="corpus size (default 1000; quick 300)")
-    ap.add_argument("--max-passage-tokens", type=int, help="generator passage truncation (default 192; quick 96)")
+    ap.add_argument(
+        "--max-passage-tokens", type=int, help="generator passage truncation (default 192; quick 96)"
+    )
     ap.add_argument("--repeats", type=int, help="timed rounds (default 3; quick 2)")
     ap.add_argument("--batches", type=int, help="distinct batches, cycled over rounds (default 3; quick 2)")
-    ap.add_argument("--warmup-all", action="store_true",
-                    help="also warm up the as-released variant (by default the warm-up round runs the "
-                         "other variants only: it exercises every code path the released one uses)")
+    ap.add_argument(
+        "--warmup-all",
+        action="store_true",
+        help="also warm up the as-released variant (by default the warm-up round runs the "
+        "other variants only: it exercises every code path the released one uses)",
+    )
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {VARIANTS}")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="also write the JSON here")
+    ap.add_argument("--no-training", action="store_true",
+                    help="skip the in-training measurement (benchmarks/training_cost.py)")
     args = ap.parse_args(argv)
     q = args.quick
     B = args.batch_size or (1 if q else 4)
@@ -254,25 +296,40 @@ def main(argv=None) -> None:
     began = time.perf_counter()
     result = {"benchmark": "step_cost", "quick": q, "machine": machine()}
     corpus, examples = squad_setup(B * n_batches, n_passages, args.seed)
-    batches = [[Batch.from_examples(examples[i * B + j:i * B + j + micro]) for j in range(0, B, micro)]
-               for i in range(n_batches)]
+    batches = [
+        [Batch.from_examples(examples[i * B + j : i * B + j + micro]) for j in range(0, B, micro)]
+        for i in range(n_batches)
+    ]
     t0 = time.perf_counter()
     model, cfg = build_rag(corpus, max_passage_tokens=max_tokens, seed=args.seed)
     setup_s = time.perf_counter() - t0
     device = torch.device("cpu")
     model.train()
     counter = ScoreCounter(model.generator)
-    shape = {"batch_size": B, "micro_batch_size": micro, "top_k": args.top_k, "proposals": args.proposals,
-             "passages": len(corpus), "max_passage_tokens": max_tokens, "batches": n_batches,
-             "warmup_variants": warm_variants, "timed_rounds": repeats, "precision": "bf16",
-             "generator": cfg.generator.model + " + LoRA (r 8, alpha 16, peft default targets)",
-             "retriever": cfg.retriever.model, "score_batch_size": cfg.generator.score_batch_size,
-             "gradient_checkpointing": cfg.generator.gradient_checkpointing,
-             "answer_tokens": [len(model.generator.prompts.answer_ids(e.answers[0])) for e in examples],
-             "step": "autocast(bf16) forward, backward, AdamW step, zero_grad (no clipping)"}
+    shape = {
+        "batch_size": B,
+        "micro_batch_size": micro,
+        "top_k": args.top_k,
+        "proposals": args.proposals,
+        "passages": len(corpus),
+        "max_passage_tokens": max_tokens,
+        "batches": n_batches,
+        "warmup_variants": warm_variants,
+        "timed_rounds": repeats,
+        "precision": "bf16",
+        "generator": cfg.generator.model + " + LoRA (r 8, alpha 16, peft default targets)",
+        "retriever": cfg.retriever.model,
+        "score_batch_size": cfg.generator.score_batch_size,
+        "gradient_checkpointing": cfg.generator.gradient_checkpointing,
+        "answer_tokens": [len(model.generator.prompts.answer_ids(e.answers[0])) for e in examples],
+        "step": "autocast(bf16) forward, backward, AdamW step, zero_grad (no clipping)",
+    }
     result["shape"] = shape
-    say(f"step_cost: B={B} (micro-batches of {micro}) K={args.top_k} m={args.proposals} passages={len(corpus)} "
-        f"max_passage_tokens={max_tokens} timed rounds={repeats} (setup {setup_s:.1f}s)")
+    say(
+        f"step_cost: B={B} (micro-batches of {micro}) K={args.top_k} m={args.proposals} "
+        f"passages={len(corpus)} "
+        f"max_passage_tokens={max_tokens} timed rounds={repeats} (setup {setup_s:.1f}s)"
+    )
 
     # Initial weights of everything any variant trains; copied back before every step.
     model.set_trainable({"prior", "posterior", "generator"})
@@ -341,22 +398,29 @@ def main(argv=None) -> None:
         recs = records[v]
         keys = sorted({k for rec in recs for k in rec})
         per_variant[v] = {
-            "median_s": median(times[v]), "min_s": min(times[v]), "times_s": [round(t, 4) for t in times[v]],
+            "median_s": median(times[v]),
+            "min_s": min(times[v]),
+            "times_s": [round(t, 4) for t in times[v]],
             "peak_rss_mib_cumulative": rss_after_first.get(v),
             **{f"mean_{k}": statistics.fmean(rec[k] for rec in recs if k in rec) for k in keys},
         }
     result["variants"] = per_variant
 
-    pairs = {"jsa_over_rag_sequence": ("jsa", "rag_sequence"), "released_over_jsa": ("jsa_released", "jsa"),
-             "vrag_over_rag_sequence": ("vrag", "rag_sequence"),
-             "released_over_rag_sequence": ("jsa_released", "rag_sequence")}
+    pairs = {
+        "jsa_over_rag_sequence": ("jsa", "rag_sequence"),
+        "released_over_jsa": ("jsa_released", "jsa"),
+        "vrag_over_rag_sequence": ("vrag", "rag_sequence"),
+        "released_over_rag_sequence": ("jsa_released", "rag_sequence"),
+    }
     result["ratios"] = {}
     for key, (a, b) in pairs.items():
         if a in times and b in times:
             per_round = [x / y for x, y in zip(times[a], times[b])]
-            result["ratios"][key] = {"median_of_round_ratios": median(per_round),
-                                     "ratio_of_medians": median(times[a]) / median(times[b]),
-                                     "round_ratios": [round(x, 4) for x in per_round]}
+            result["ratios"][key] = {
+                "median_of_round_ratios": median(per_round),
+                "ratio_of_medians": median(times[a]) / median(times[b]),
+                "round_ratios": [round(x, 4) for x in per_round],
+            }
             result[key] = median(per_round)
         else:
             result[key] = None
@@ -368,20 +432,55 @@ def main(argv=None) -> None:
     result["wall_s"] = round(time.perf_counter() - began, 2)
 
     say("")
-    say(f"{'variant':<14}{'median s':>10}{'min s':>9}{'seqs no-grad':>14}{'seqs grad':>11}"
-        f"{'distinct props':>16}{'distinct states':>17}{'accept':>8}")
+    say(
+        f"{'variant':<14}{'median s':>10}{'min s':>9}{'seqs no-grad':>14}{'seqs grad':>11}"
+        f"{'distinct props':>16}{'distinct states':>17}{'accept':>8}"
+    )
     nan = float("nan")
     for v in variants:
         pv = per_variant[v]
-        say(f"{v:<14}{pv['median_s']:>10.3f}{pv['min_s']:>9.3f}{pv.get('mean_nograd_seqs', 0):>14.1f}"
+        say(
+            f"{v:<14}{pv['median_s']:>10.3f}{pv['min_s']:>9.3f}{pv.get('mean_nograd_seqs', 0):>14.1f}"
             f"{pv.get('mean_grad_seqs', 0):>11.1f}{pv.get('mean_distinct_proposals', nan):>16.2f}"
-            f"{pv.get('mean_distinct_states', nan):>17.2f}{pv.get('mean_accept_rate', nan):>8.2f}")
+            f"{pv.get('mean_distinct_states', nan):>17.2f}{pv.get('mean_accept_rate', nan):>8.2f}"
+        )
     say("(seqs: generator (prompt, answer) sequences run per step; distinct: per question)")
+    padded = sum(
+        per_variant[v].get("mean_grad_tokens", 0) + per_variant[v].get("mean_nograd_tokens", 0)
+        for v in variants
+    )
+    real = sum(
+        per_variant[v].get("mean_grad_real_tokens", 0) + per_variant[v].get("mean_nograd_real_tokens", 0)
+        for v in variants
+    )
+    result["padding_fraction"] = 1 - real / padded if padded else None
+    if padded:
+        say(f"padding: {100 * result['padding_fraction']:.1f}% of the generator tokens run are padding")
     for key in pairs:
         if result[key] is not None:
-            say(f"{key} = {result[key]:.3f} (median of per-round ratios; ratio of medians "
-                f"{result['ratios'][key]['ratio_of_medians']:.3f})")
+            say(
+                f"{key} = {result[key]:.3f} (median of per-round ratios; ratio of medians "
+                f"{result['ratios'][key]['ratio_of_medians']:.3f})"
+            )
     say(f"peak RSS {result['peak_rss_mib']:.0f} MiB, setup {setup_s:.0f}s, wall {result['wall_s']:.0f}s")
+    if not args.no_training and result["jsa_over_rag_sequence"] is not None:
+        # The figure above is at the initial weights, where the posterior is nearly flat. A training
+        # step costs what it costs during training: measure the first steps of real runs too.
+        from training_cost import training_step_times
+
+        say("")
+        say("in training (jsarag train, same seed and data, mean over steps 2..N):")
+        gc.collect()
+        in_training = training_step_times(batch_size=shape["batch_size"], steps=8 if args.quick else 16,
+                                          top_k=args.top_k, proposals=args.proposals,
+                                          passages=shape["passages"],
+                                          max_passage_tokens=shape["max_passage_tokens"], seed=args.seed)
+        result["in_training"] = in_training
+        result["jsa_over_rag_sequence_at_init"] = result["jsa_over_rag_sequence"]
+        result["jsa_over_rag_sequence"] = in_training["jsa_over_rag_sequence"]
+        say(f"jsa_over_rag_sequence = {result['jsa_over_rag_sequence']:.3f} in training "
+            f"({result['jsa_over_rag_sequence_at_init']:.3f} at the initial weights)")
+        result["wall_s"] = round(time.perf_counter() - began, 2)
     emit(result, args.out)
 
 

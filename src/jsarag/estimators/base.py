@@ -11,6 +11,7 @@ Notation: B examples, K candidates, M proposals; rows are corpus row numbers.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Protocol
 
 import torch
@@ -46,6 +47,17 @@ class Stateless:
 
     def apply_updates(self, updates: dict) -> None:
         return None
+
+
+@contextlib.contextmanager
+def scoring_mode(module: torch.nn.Module):
+    """Dropout off inside the block (eval mode), the previous mode restored after it."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 def candidate_union(row_sets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,6 +31,9 @@ Deviations from the paper:
 1. Distinct proposals and distinct states are scored once each (the released code scores all m).
 2. With the cache on, the cached passage joins U even when neither retriever ranks it in its top K,
    so that p_r, q and w are defined for it.
+3. The scoring pass of step 3 runs with dropout off: the acceptance ratio then uses the model's
+   likelihood rather than a dropout-perturbed draw of it (which moved log p_g by ~0.5 nat with LoRA
+   dropout 0.05), and the pass is ~20% faster. The gradient pass of step 5 keeps dropout.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import torch
 
 from jsarag.data import Batch
 from jsarag.estimators.base import (candidate_union, count_states, sample_candidates, score_picks,
-                                    score_selected, weighted_sum)
+                                    score_selected, scoring_mode, weighted_sum)
 
 
 @dataclass
@@ -157,7 +160,7 @@ class JSA:
         to_score = count_states(proposals, K) > 0
         if init is not None:
             to_score[torch.arange(len(batch)), init] = True
-        with torch.no_grad():
+        with torch.inference_mode(), scoring_mode(model.generator):
             if cfg.score_all_proposals:  # released cost profile: every proposal, duplicates included
                 picks = proposals if init is None else torch.cat([init[:, None], proposals], 1)
                 seq_loglik = torch.zeros(rows.shape, device=rows.device).scatter(

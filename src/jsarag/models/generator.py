@@ -146,9 +146,14 @@ class Generator(nn.Module):
         prompts, targets = self._pairs(queries, kind, passages, answers)
         length = max(map(len, targets))
         step = self.score_batch_size
-        chunks = [self._chunk_logprobs(prompts[i:i + step], targets[i:i + step], length)
-                  for i in range(0, len(prompts), step)]
-        logprobs = torch.cat(chunks).view(B, K, length)
+        # Chunks of similar prompt lengths carry less padding; results go back to pair order.
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        chunks = [self._chunk_logprobs([prompts[j] for j in order[i:i + step]],
+                                       [targets[j] for j in order[i:i + step]], length)
+                  for i in range(0, len(order), step)]
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        logprobs = torch.cat(chunks)[inverse.to(chunks[0].device)].view(B, K, length)
         answer_mask = _pad_right([[1] * len(self.prompts.answer_ids(a)) for a in answers], length, 0)
         return logprobs, answer_mask.to(logprobs.device).bool()
 
