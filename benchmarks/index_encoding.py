@@ -26,12 +26,25 @@ from __future__ import annotations
 
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (DEFAULT_DATA, apply_threads, base_parser, describe_pair, emit, interleaved,  # noqa: E402
-                     machine_info, median, pick, quiet_libraries, say, summarize)
+from _common import (  # noqa: E402
+    DEFAULT_DATA,
+    apply_threads,
+    base_parser,
+    describe_pair,
+    emit,
+    interleaved,
+    machine_info,
+    median,
+    pick,
+    quiet_libraries,
+    say,
+    summarize,
+)
 
 OVERHEAD_TARGET = 0.05
 EMBEDDING_TOLERANCE = 1e-4
@@ -111,7 +124,7 @@ def bench_index(args) -> dict:
     s_raw, i_raw = raw_index.search(queries, k)
     same_ids = bool(np.array_equal(i_ours, i_raw))
     max_score_diff = float(np.abs(s_ours - s_raw).max())
-    search = interleaved(lambda: ours_index.search(queries, k), lambda: raw_index.search(queries, k),
+    search = interleaved(partial(ours_index.search, queries, k), partial(raw_index.search, queries, k),
                          repeats=reps, warmup=1, a_name="ours", b_name="raw", progress=verbose)
     say(describe_pair("  Flat search", search, unit=1e-3, unit_name="ms"))
     say(f"  Flat results identical: ids {same_ids}, max |score diff| {max_score_diff:.2e}")

@@ -32,8 +32,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (DEFAULT_DATA, apply_threads, base_parser, describe_pair, emit, interleaved,  # noqa: E402
-                     machine_info, pick, quiet_libraries, say, summarize)
+from _common import (  # noqa: E402
+    DEFAULT_DATA,
+    apply_threads,
+    base_parser,
+    describe_pair,
+    emit,
+    interleaved,
+    machine_info,
+    pick,
+    quiet_libraries,
+    say,
+    summarize,
+)
 
 EQUALITY_TOLERANCE = 1e-4
 GRADIENT_TOLERANCE = 1e-3

@@ -46,7 +46,8 @@ import sys
 import time
 from pathlib import Path
 
-SQUAD = Path(os.environ.get("JSARAG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "squad_v1_dev"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SQUAD = Path(os.environ.get("JSARAG_SHARED_DATA", SHARED)) / "squad_v1_dev"
 
 
 # ---- helpers (self-contained: benchmarks/_common.py did not exist when this script was written) -------

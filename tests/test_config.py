@@ -7,8 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from jsarag.config import (Config, DataConfig, EstimatorConfig, GeneratorConfig, LoraConfig, OptimConfig,
-                           load_config, save_config)
+from jsarag.config import (
+    Config,
+    DataConfig,
+    EstimatorConfig,
+    GeneratorConfig,
+    LoraConfig,
+    OptimConfig,
+    load_config,
+    save_config,
+)
 from jsarag.configtools import ConfigError, to_dict
 from jsarag.estimators.jsa import JSAConfig
 from jsarag.estimators.vrag import VRAGConfig

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import SHARED_DATA
+
 from jsarag.data import Corpus, DataError, Example, Passage, load_examples
 
 DATA_ROOT = SHARED_DATA

@@ -16,8 +16,12 @@ from jsarag.estimators.base import candidate_union, count_states, sample_candida
 from jsarag.estimators.jsa import jsa_losses, log_importance_weights, mis_chain
 from jsarag.estimators.rag_sequence import rag_sequence_nll
 from jsarag.estimators.rag_token import rag_token_nll
-from jsarag.estimators.vrag import (kl_categorical, leave_one_out_baseline, vrag_elbo_exact,
-                                    vrag_surrogate_sampled)
+from jsarag.estimators.vrag import (
+    kl_categorical,
+    leave_one_out_baseline,
+    vrag_elbo_exact,
+    vrag_surrogate_sampled,
+)
 from jsarag.models.retriever import masked_log_softmax
 
 TOL = 1e-6

@@ -19,6 +19,7 @@ import math
 
 import pytest
 import torch
+from helpers import tiny_passages
 
 from jsarag.config import GeneratorConfig, RetrieverConfig
 from jsarag.data import Batch, Corpus, Example
@@ -27,7 +28,6 @@ from jsarag.index import build_index
 from jsarag.models.generator import Generator
 from jsarag.models.rag import RAGModel
 from jsarag.models.retriever import Retriever
-from helpers import tiny_passages
 
 N = 5
 

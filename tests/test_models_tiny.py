@@ -6,8 +6,8 @@ import copy
 
 import pytest
 import torch
-
 from helpers import tiny_passages
+
 from jsarag.config import Config, GeneratorConfig, LoraConfig, RetrieverConfig
 from jsarag.data import Batch, Corpus, Example
 from jsarag.estimators import ESTIMATORS, JSA, JSAConfig, VRAGConfig, build_estimator

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from helpers import SHARED_DATA
+
 from jsarag.config import GeneratorConfig, RetrieverConfig
 from jsarag.data import Batch, Corpus, load_examples
 from jsarag.eval.metrics import token_f1

@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-
 from helpers import REPO
+
 from jsarag.study.compare import RunResult, paired_bootstrap, results_table, significance_rows
 from jsarag.study.variance import RunningVariance, format_variance
 
@@ -77,7 +77,8 @@ def test_variance_table_says_deterministic_instead_of_printing_noise():
 def test_variance_command_on_tiny_models(tmp_path):
     from jsarag.study.variance import gradient_variance
 
-    out = gradient_variance(str(REPO / "configs" / "tiny.yaml"), [], ["rag_sequence", "jsa_sum", "vrag_sampled"], draws=4,
+    methods = ["rag_sequence", "jsa_sum", "vrag_sampled"]
+    out = gradient_variance(str(REPO / "configs" / "tiny.yaml"), [], methods, draws=4,
                             batch_size=2, progress=False)
     assert out["rag_sequence"]["prior"] == "deterministic"
     for method in ("jsa_sum", "vrag_sampled"):

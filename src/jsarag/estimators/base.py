@@ -80,6 +80,13 @@ def candidate_union(row_sets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.T
     return rows, mask
 
 
+def prior_top_k(retriever, queries, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prior's top-``k`` rows [B, K] and log p_r renormalised over them [B, K] (with gradient)."""
+    query = retriever.prior_vectors(queries)    # [B, d]
+    rows = retriever.search(query, k)           # [B, K]
+    return rows, retriever.log_probs(query, rows)
+
+
 def weighted_sum(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """sum_k w_k v_k over the last dim, with 0 * (-inf) taken as 0 (masked candidates): [B, K] -> [B]."""
     return (weights * values.masked_fill(weights == 0, 0.0)).sum(-1)

@@ -44,8 +44,15 @@ from typing import Literal
 import torch
 
 from jsarag.data import Batch
-from jsarag.estimators.base import (candidate_union, count_states, sample_candidates, score_picks,
-                                    score_selected, scoring_mode, weighted_sum)
+from jsarag.estimators.base import (
+    candidate_union,
+    count_states,
+    sample_candidates,
+    score_picks,
+    score_selected,
+    scoring_mode,
+    weighted_sum,
+)
 
 
 @dataclass

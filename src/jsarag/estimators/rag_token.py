@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from jsarag.data import Batch
-from jsarag.estimators.base import Stateless
+from jsarag.estimators.base import Stateless, prior_top_k
 
 
 @dataclass
@@ -41,9 +41,7 @@ class RagToken(Stateless):
     def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         retriever, generator = model.retriever, model.generator
         # 1. Retrieve the prior's top K and renormalise p_r over them (with gradient).
-        query = retriever.prior_vectors(batch.queries)                       # [B, d]
-        rows = retriever.search(query, self.top_k)                           # [B, K]
-        log_prior = retriever.log_probs(query, rows)                         # [B, K]
+        rows, log_prior = prior_top_k(retriever, batch.queries, self.top_k)  # [B, K], [B, K]
         # 2. Per-token log-likelihoods of the answer under every passage.
         token_loglik, answer_mask = generator.token_logprobs(batch.queries, batch.kind,
                                                              retriever.passages(rows), batch.answers)

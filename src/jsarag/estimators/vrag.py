@@ -27,8 +27,14 @@ from typing import Literal
 import torch
 
 from jsarag.data import Batch
-from jsarag.estimators.base import (Stateless, candidate_union, count_states, sample_candidates,
-                                    score_selected, weighted_sum)
+from jsarag.estimators.base import (
+    Stateless,
+    candidate_union,
+    count_states,
+    sample_candidates,
+    score_selected,
+    weighted_sum,
+)
 
 
 @dataclass

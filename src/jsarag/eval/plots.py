@@ -20,13 +20,31 @@ def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
-    """Write one PNG per panel that has data; returns the files written."""
+def line_plot(path: Path, curves: list[tuple[str, list[int], list[float]]], title: str, *,
+              log_scale: bool = False) -> Path:
+    """One PNG with a line per (label, steps, values)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, steps, values in curves:
+        ax.plot(steps, values, label=label, marker="o" if len(steps) < 20 else None)
+    ax.set_xlabel("step")
+    ax.set_title(title)
+    if log_scale:
+        ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Write one PNG per panel that has data; returns the files written."""
     records = read_metrics(run_dir)
     if not records:
         raise FileNotFoundError(f"no metrics.jsonl with records in {run_dir}")
@@ -36,21 +54,9 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     written = []
     for panel, wanted in PANELS.items():
         chosen = [k for k in keys if wanted(k)]
-        if not chosen:
-            continue
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for key in chosen:
-            steps, values = series(records, key)
-            ax.plot(steps, values, label=key, marker="o" if len(steps) < 20 else None)
-        ax.set_xlabel("step")
-        ax.set_title(f"{Path(run_dir).name}: {panel.replace('_', ' ')}")
-        if panel == "grad_norms":
-            ax.set_yscale("log")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = out / f"{panel}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        if chosen:
+            curves = [(key, *series(records, key)) for key in chosen]
+            written.append(line_plot(out / f"{panel}.png", curves,
+                                     f"{Path(run_dir).name}: {panel.replace('_', ' ')}",
+                                     log_scale=panel == "grad_norms"))
     return written

@@ -85,8 +85,14 @@ def _tiny_encoder_config():
 
 def _build_tiny(kind: str) -> Callable[[Path], None]:
     def build(target: Path) -> None:
-        from transformers import (AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, BartConfig,
-                                  LlamaConfig, T5Config)
+        from transformers import (
+            AutoModel,
+            AutoModelForCausalLM,
+            AutoModelForSeq2SeqLM,
+            BartConfig,
+            LlamaConfig,
+            T5Config,
+        )
 
         tok = _tiny_tokenizer()
         pad, eos = tok.pad_token_id, tok.eos_token_id

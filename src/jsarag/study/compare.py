@@ -25,7 +25,8 @@ from pathlib import Path
 
 from jsarag.config import load_config
 from jsarag.eval.metrics import exact_match, token_f1
-from jsarag.study.methods import BASELINES, FROZEN_RETRIEVER, METHODS, UNTRAINED
+from jsarag.eval.plots import line_plot
+from jsarag.study.methods import BASELINES, METHODS, UNTRAINED
 from jsarag.train.logger import read_metrics
 
 REPORT_METRICS = ("em", "f1", "rougeL", "bleu4", "recall@1", "recall@5", "mrr@10")
@@ -173,11 +174,6 @@ def _smooth(values: list[float], width: int = 10) -> list[float]:
 
 
 def write_plots(results: list[RunResult], plots_dir: Path, seed: int) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     plots_dir.mkdir(parents=True, exist_ok=True)
     runs = [r for r in results if r.seed == seed and r.curves]
     panels = [("learning_curves", "loss", "training loss, each method's own objective (smoothed)", False),
@@ -186,30 +182,15 @@ def write_plots(results: list[RunResult], plots_dir: Path, seed: int) -> list[Pa
               ("acceptance_rate", "accept_rate", "JSA acceptance rate (smoothed)", False)]
     written = []
     for name, key, title, log_scale in panels:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        drawn = False
+        curves = []
         for r in runs:
-            points = [(c["step"], c.get(key)) for c in r.curves]
-            points = [(s, v) for s, v in points if v is not None]
-            if not points:
-                continue
-            values = [v for _, v in points]
-            ax.plot([s for s, _ in points], values if log_scale else _smooth(values), label=r.method)
-            drawn = True
-        if not drawn:
-            plt.close(fig)
-            continue
-        ax.set_title(f"{title}, seed {seed}")
-        ax.set_xlabel("step")
-        if log_scale:
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = plots_dir / f"{name}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+            points = [(c["step"], c[key]) for c in r.curves if c.get(key) is not None]
+            if points:
+                values = [v for _, v in points]
+                curves.append((r.method, [s for s, _ in points], values if log_scale else _smooth(values)))
+        if curves:
+            written.append(line_plot(plots_dir / f"{name}.png", curves, f"{title}, seed {seed}",
+                                     log_scale=log_scale))
     return written
 
 
