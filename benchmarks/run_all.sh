@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # Every benchmark at its real (default) size, one after the other on an otherwise idle machine, then
 # docs/benchmarks.md from their JSON. About 1.5 hours on 2 cores.
-#   bash benchmarks/run_all.sh            (from the repository root, after `make venv`)
+#   bash benchmarks/run_all.sh                      (from the repository root, after `make venv`)
+#   bash benchmarks/run_all.sh peer_rag scaling     (only these; the report uses every JSON present)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=benchmarks/results
 mkdir -p "$OUT" docs/benchmarks
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-run() { name=$1; shift; echo "== $name: $*"; "$PY" "$@" --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1; }
+ONLY=" $* "
+run() {
+  name=$1; shift
+  if [ "$ONLY" != "  " ] && [[ "$ONLY" != *" $name "* ]]; then return 0; fi
+  echo "== $name: $*"; "$PY" "$@" --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1
+}
 run step_cost        benchmarks/step_cost.py
 run peer_rag         benchmarks/peer_rag.py
 run index_encoding   benchmarks/index_encoding.py --encode-repeats 3

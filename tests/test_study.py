@@ -86,3 +86,29 @@ def test_variance_command_on_tiny_models(tmp_path):
             assert math.isfinite(out[method][part]) or out[method][part] == float("-inf")
     # Redrawing JSA's proposals and uniforms changes its gradient: its variance is not zero.
     assert math.isfinite(out["jsa_sum"]["generator"])
+
+
+@pytest.mark.slow
+def test_compare_command_end_to_end_on_tiny_models(tmp_path):
+    """Two methods and the baselines, one seed: runs, report with every section, plots, resumable."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    args = [sys.executable, "-m", "jsarag", "compare", str(REPO / "configs" / "tiny.yaml"), "--name", "tiny",
+            "--out", str(tmp_path / "study"), "--seeds", "0", "--methods", "rag_sequence,jsa_sum",
+            "--variance-draws", "3", "--report-dir", str(tmp_path / "results"), "data.max_eval_examples=4"]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (tmp_path / "results" / "tiny.md").read_text()
+    for needle in ("| untrained |", "| rag_sequence | 1 |", "| jsa_sum | 1 |", "| frozen_retriever | 1 |",
+                   "jsa_sum minus", "0 (deterministic)", "jsarag compare", "![learning_curves]"):
+        assert needle in report, needle
+    assert (tmp_path / "results" / "tiny" / "acceptance_rate.png").is_file()
+    # A second call finds every run finished and only rewrites the report.
+    again = subprocess.run(args[:-5] + ["--variance-draws", "0", "--report-dir", str(tmp_path / "results"),
+                                        "data.max_eval_examples=4"], env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / "study" / "study.log").read_text().count("$ jsarag train") == 3  # none rerun

@@ -26,6 +26,7 @@ from pathlib import Path
 from jsarag.config import load_config
 from jsarag.eval.metrics import exact_match, token_f1
 from jsarag.eval.plots import line_plot
+from jsarag.study.diagnostics import retriever_recall, run_recall
 from jsarag.study.methods import BASELINES, METHODS, UNTRAINED
 from jsarag.train.logger import read_metrics
 
@@ -69,6 +70,7 @@ def _collect(method: str, seed: int, eval_dir: Path, run_dir: Path | None) -> Ru
     summary = json.loads((eval_dir / "summary.json").read_text())
     result = RunResult(method, seed, summary, _per_question(eval_dir / "predictions.jsonl"))
     if run_dir is not None:
+        result.summary.update(run_recall(run_dir))
         records = read_metrics(run_dir)
         steps = [r for r in records if "loss" in r]
         seconds = [r["seconds"] for r in steps[1:]] or [r["seconds"] for r in steps]  # step 1 warms up
@@ -94,6 +96,7 @@ def run_comparison(config: str | Path, out: str | Path, *, seeds: list[int], met
     if not (untrained / "summary.json").is_file():
         _jsarag(["eval", str(config), "--out", str(untrained), *common], log)
     results.append(_collect(UNTRAINED, -1, untrained, None))
+    results[-1].summary.update(retriever_recall(cfg, None, index_dir))
     plan = {**{m: METHODS[m] for m in methods}, **BASELINES}
     for seed in seeds:
         for method, extra in plan.items():
@@ -145,6 +148,18 @@ def results_table(results: list[RunResult]) -> list[str]:
         cells += [_mean_std([r.summary.get(k, math.nan) * scale[k] for r in runs]) for k in REPORT_METRICS]
         cells += [_mean_std([r.seconds_per_100_steps for r in runs]), _mean_std([r.peak_memory_mib for r in runs])]
         rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def retriever_table(results: list[RunResult]) -> list[str]:
+    keys = ["prior_recall@1", "prior_recall@5", "posterior_recall@1", "posterior_recall@5"]
+    groups: dict[str, list[RunResult]] = {}
+    for r in results:
+        if keys[0] in r.summary:
+            groups.setdefault(r.method, []).append(r)
+    rows = ["| method | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for method, runs in groups.items():
+        rows.append(f"| {method} | " + " | ".join(_mean_std([100 * r.summary[k] for r in runs]) for k in keys) + " |")
     return rows
 
 
@@ -210,6 +225,10 @@ def write_report(path: Path, *, name: str, command: str, settings: str, results:
              "reference method was ahead. A difference is called beyond noise when the interval excludes 0 "
              "and the sign is the same in every seed.", "",
              *significance_rows(results, "jsa_sum"), "",
+             "## Retrievers after training (Recall@k against the gold passages)", "",
+             *retriever_table(results), "",
+             "The prior reads the question (this is what the model uses at inference); the posterior reads "
+             "question [SEP] gold answer, as in training. Only VRAG and JSA train the posterior.", "",
              "## Gradient variance (log of the summed per-parameter variance, fixed batch)", "",
              *variance_rows, "",
              "## Plots", "", *[f"![{p.stem}]({os.path.relpath(p, path.parent)})" for p in plots], ""]
