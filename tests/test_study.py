@@ -98,17 +98,79 @@ def test_compare_command_end_to_end_on_tiny_models(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     args = [sys.executable, "-m", "jsarag", "compare", str(REPO / "configs" / "tiny.yaml"), "--name", "tiny",
             "--out", str(tmp_path / "study"), "--seeds", "0", "--methods", "rag_sequence,jsa_sum",
-            "--variance-draws", "3", "--report-dir", str(tmp_path / "results"), "data.max_eval_examples=4"]
+            "--variance-draws", "3", "--signal-examples", "4", "--report-dir", str(tmp_path / "results"),
+            "data.max_eval_examples=4"]
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     report = (tmp_path / "results" / "tiny.md").read_text()
     for needle in ("| untrained |", "| rag_sequence | 1 |", "| jsa_sum | 1 |", "| frozen_retriever | 1 |",
-                   "jsa_sum minus", "0 (deterministic)", "jsarag compare", "![learning_curves]"):
+                   "jsa_sum minus", "0 (deterministic)", "jsarag compare", "![learning_curves]",
+                   "## Learning signal", "| untrained | ", "- K = ", "steps of"):
         assert needle in report, needle
     assert (tmp_path / "results" / "tiny" / "acceptance_rate.png").is_file()
     # A second call finds every run finished and only rewrites the report.
-    again = subprocess.run(args[:-5] + ["--variance-draws", "0", "--report-dir", str(tmp_path / "results"),
-                                        "data.max_eval_examples=4"], env=env, capture_output=True, text=True,
-                           timeout=300)
+    again = subprocess.run(args[:-7] + ["--variance-draws", "0", "--signal-examples", "0", "--report-dir",
+                                        str(tmp_path / "results"), "data.max_eval_examples=4"],
+                           env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (tmp_path / "study" / "study.log").read_text().count("$ jsarag train") == 3  # none rerun
+
+
+@pytest.fixture(scope="module")
+def tiny_signal_setup(tmp_path_factory):
+    from jsarag.config import load_config
+    from jsarag.index import build_index
+    from jsarag.pipeline import build_model, load_corpus
+
+    cfg = load_config(REPO / "configs" / "tiny.yaml")
+    index_dir = tmp_path_factory.mktemp("signal") / "index"
+    build_index(load_corpus(cfg.data), build_model(cfg).retriever.passage, progress=False).save(index_dir)
+    return cfg, index_dir
+
+
+def test_learning_signal_with_an_uninformative_generator_is_the_prior(tiny_signal_setup, monkeypatch):
+    """p_g equal for every passage: the posterior p_r p_g / Z is the prior, so both columns agree."""
+    from jsarag.models.generator import Generator
+    from jsarag.study.diagnostics import learning_signal
+
+    cfg, index_dir = tiny_signal_setup
+    monkeypatch.setattr(Generator, "sequence_logprob",
+                        lambda self, queries, kind, passages, answers, reduction="sum":
+                        torch.full((len(passages), len(passages[0])), -3.0))
+    s = learning_signal(cfg, None, index_dir, limit=12)
+    assert s["examples"] == 12
+    assert s["posterior_top1"] == pytest.approx(s["prior_top1"])
+    assert s["posterior_gold_mass"] == pytest.approx(s["prior_gold_mass"], abs=1e-5)
+    assert 0.0 < s["prior_gold_mass"] < 1.0
+
+
+def test_learning_signal_with_a_generator_that_knows_the_gold_passage(tiny_signal_setup, monkeypatch):
+    """p_g 50 nats higher on the gold passage: likelihood and posterior both pick it every time."""
+    from jsarag.models.generator import Generator
+    from jsarag.pipeline import load_corpus, load_split
+    from jsarag.study.diagnostics import learning_signal
+
+    cfg, index_dir = tiny_signal_setup
+    corpus = load_corpus(cfg.data)
+    gold = {e.query: set(e.positive_ids) for e in load_split(cfg.data, "train", corpus, None)}
+
+    def oracle(self, queries, kind, passages, answers, reduction="sum"):
+        return torch.tensor([[50.0 if p.id in gold[q] else 0.0 for p in row] for q, row in zip(queries, passages)])
+
+    monkeypatch.setattr(Generator, "sequence_logprob", oracle)
+    s = learning_signal(cfg, None, index_dir, limit=12)
+    assert s["likelihood_top1"] == 1.0 and s["posterior_top1"] == 1.0
+    assert s["posterior_gold_mass"] > 0.999
+    assert s["prior_gold_mass"] < s["posterior_gold_mass"]
+
+
+def test_cached_json_computes_once_per_key(tmp_path):
+    from jsarag.study.compare import cached_json
+
+    calls = []
+    compute = lambda: calls.append(1) or {"x": len(calls)}  # noqa: E731
+    path = tmp_path / "d" / "c.json"
+    assert cached_json(path, compute, key={"n": 1}) == {"x": 1}
+    assert cached_json(path, compute, key={"n": 1}) == {"x": 1}  # read back, not recomputed
+    assert cached_json(path, compute, key={"n": 2}) == {"x": 2}  # another key: recomputed
+    assert len(calls) == 2 and not list(path.parent.glob("*.tmp"))

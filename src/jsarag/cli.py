@@ -176,13 +176,24 @@ def compare(config: Path = typer.Argument(..., help="Dataset config (e.g. config
                                                   "jsa_sum", "jsa_mean"]), help="Comma-separated methods."),
             variance_draws: int = typer.Option(20, help="Redraws for the gradient-variance table (0: skip)."),
             report_dir: Path = typer.Option(Path("docs/results"), help="Where the report and plots go."),
+            signal_examples: int = typer.Option(60, help="Training questions for the learning-signal table "
+                                                "(0: skip)."),
             overrides: Optional[list[str]] = OVERRIDES):
     """Train every estimator from the same weights and data; write a results page with plots."""
     from rich.console import Console
     from rich.markdown import Markdown
 
+    from jsarag.config import load_config
     from jsarag.errors import UserError
-    from jsarag.study.compare import results_table, run_comparison, write_plots, write_report
+    from jsarag.study.compare import (
+        cached_json,
+        results_table,
+        run_comparison,
+        settings_text,
+        signal_rows,
+        write_plots,
+        write_report,
+    )
     from jsarag.study.methods import METHODS
     from jsarag.study.variance import format_variance, gradient_variance
 
@@ -195,16 +206,19 @@ def compare(config: Path = typer.Argument(..., help="Dataset config (e.g. config
     results = run_comparison(config, out, seeds=seed_list, methods=chosen, overrides=extra)
     variance_rows = []
     if variance_draws > 0:
-        variance = gradient_variance(config, extra, chosen, draws=variance_draws)
-        (out / "variance.json").write_text(json.dumps(variance, indent=2))
+        variance = cached_json(out / "variance.json",
+                               lambda: gradient_variance(config, extra, chosen, draws=variance_draws),
+                               key={"draws": variance_draws, "methods": chosen, "overrides": extra})
         variance_rows = format_variance(variance)
+    signal = (signal_rows(config, out, methods=chosen, seed=seed_list[0], overrides=extra, examples=signal_examples)
+              if signal_examples > 0 else [])
     plots = write_plots(results, report_dir / name, seed=seed_list[0])
     command = " ".join(["jsarag compare", str(config), f"--name {name}", f"--out {out}", f"--seeds {seeds}",
-                        f"--methods {methods}", f"--variance-draws {variance_draws}", *extra])
-    settings = (f"Config `{config}` with overrides `{' '.join(extra) or '(none)'}`; resolved config of every "
-                f"run in `{out}/seed*/<method>/config.yaml`.")
+                        f"--methods {methods}", f"--variance-draws {variance_draws}",
+                        f"--signal-examples {signal_examples}", *extra])
+    settings = settings_text(load_config(config, extra), config=config, overrides=extra, out=out)
     write_report(report_dir / f"{name}.md", name=name, command=command, settings=settings, results=results,
-                 variance_rows=variance_rows, plots=plots)
+                 variance_rows=variance_rows, plots=plots, signal_table=signal)
     Console().print(Markdown("\n".join(results_table(results))))
 
 

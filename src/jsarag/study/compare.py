@@ -26,8 +26,9 @@ from pathlib import Path
 from jsarag.config import load_config
 from jsarag.eval.metrics import exact_match, token_f1
 from jsarag.eval.plots import line_plot
-from jsarag.study.diagnostics import retriever_recall, run_recall
+from jsarag.study.diagnostics import learning_signal, retriever_recall, run_recall
 from jsarag.study.methods import BASELINES, METHODS, UNTRAINED
+from jsarag.train.checkpoint import latest_checkpoint
 from jsarag.train.logger import read_metrics
 
 REPORT_METRICS = ("em", "f1", "rougeL", "bleu4", "recall@1", "recall@5", "mrr@10")
@@ -66,11 +67,26 @@ def _per_question(predictions_file: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+def cached_json(path: Path, compute, key: object = None):
+    """``compute()``, saved as JSON in ``path`` and read back on later calls with the same ``key``
+    (diagnostics of finished runs do not change; a study's report can be re-rendered in seconds)."""
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            return saved["value"]
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "value": value}, indent=2))
+    tmp.replace(path)
+    return value
+
+
 def _collect(method: str, seed: int, eval_dir: Path, run_dir: Path | None) -> RunResult:
     summary = json.loads((eval_dir / "summary.json").read_text())
     result = RunResult(method, seed, summary, _per_question(eval_dir / "predictions.jsonl"))
     if run_dir is not None:
-        result.summary.update(run_recall(run_dir))
+        result.summary.update(cached_json(run_dir / "eval" / "retriever_recall.json", lambda: run_recall(run_dir)))
         records = read_metrics(run_dir)
         steps = [r for r in records if "loss" in r]
         seconds = [r["seconds"] for r in steps[1:]] or [r["seconds"] for r in steps]  # step 1 warms up
@@ -96,7 +112,8 @@ def run_comparison(config: str | Path, out: str | Path, *, seeds: list[int], met
     if not (untrained / "summary.json").is_file():
         _jsarag(["eval", str(config), "--out", str(untrained), *common], log)
     results.append(_collect(UNTRAINED, -1, untrained, None))
-    results[-1].summary.update(retriever_recall(cfg, None, index_dir))
+    results[-1].summary.update(cached_json(untrained / "retriever_recall.json",
+                                       lambda: retriever_recall(cfg, None, index_dir)))
     plan = {**{m: METHODS[m] for m in methods}, **BASELINES}
     for seed in seeds:
         for method, extra in plan.items():
@@ -108,6 +125,49 @@ def run_comparison(config: str | Path, out: str | Path, *, seeds: list[int], met
                          f"train.seed={seed}", "train.progress=false"], log)
             results.append(_collect(method, seed, eval_dir, run_dir))
     return results
+
+
+def signal_rows(config: str | Path, out: str | Path, *, methods: list[str], seed: int, overrides: list[str],
+                examples: int) -> list[str]:
+    """``learning_signal`` for the untrained models and for each method's run at ``seed``, as table rows."""
+    out = Path(out)
+    cfg = load_config(config, [*overrides, f"index.path={out / 'index'}"])
+    points = [(UNTRAINED, None, out / "index")]
+    for method in [*methods, *BASELINES]:
+        run_dir = out / f"seed{seed}" / method
+        checkpoint = latest_checkpoint(run_dir) if run_dir.is_dir() else None
+        if checkpoint is not None:
+            index_dir = checkpoint / "index" if (checkpoint / "index").is_dir() else out / "index"
+            points.append((method, checkpoint, index_dir))
+    keys = ["prior_top1", "likelihood_top1", "posterior_top1", "prior_gold_mass", "posterior_gold_mass"]
+    rows = ["| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for method, checkpoint, index_dir in points:
+        where = out / UNTRAINED if checkpoint is None else checkpoint.parent.parent
+        signal = cached_json(where / "learning_signal.json",
+                         lambda: learning_signal(cfg, checkpoint, index_dir, limit=examples),
+                         key={"examples": examples, "checkpoint": str(checkpoint)})
+        rows.append(f"| {method} | " + " | ".join(f"{100 * signal[k]:.1f}" for k in keys) + " |")
+    return rows
+
+
+def settings_text(cfg, *, config: str | Path, overrides: list[str], out: str | Path) -> str:
+    """The settings every method shares, from the resolved config (the methods differ only in the estimator)."""
+    e, g, o, t, r = cfg.estimator, cfg.generator, cfg.optim, cfg.train, cfg.retriever
+    lora = f" + LoRA (r {g.lora.r}, alpha {g.lora.alpha})" if g.lora.enabled else ""
+    return "\n".join([
+        f"- Config `{config}`, overrides `{' '.join(overrides) or '(none)'}`; the resolved config of every run is "
+        f"`{out}/seed*/<method>/config.yaml`.",
+        f"- Retriever `{r.model}` (temperature {r.temperature}, passage encoder "
+        f"{'trained' if r.train_passage_encoder else 'frozen'}); generator `{g.model}`{lora}; passages cut at "
+        f"{g.max_passage_tokens} tokens, answers at {g.max_answer_tokens}.",
+        f"- K = {e.top_k}; JSA m = {e.jsa.num_proposals} proposals, candidates `{e.jsa.candidates}`, chain cache "
+        f"`{e.jsa.chain_cache}`; VRAG sampled: {e.vrag.num_samples} samples.",
+        f"- {t.steps} steps of {t.batch_size} questions ({t.steps * t.batch_size} training questions seen), "
+        f"AdamW, learning rates generator {o.lr_generator:g}, prior {o.lr_prior:g}, posterior {o.lr_posterior:g}, "
+        f"{o.warmup_steps} warm-up steps then {o.schedule}, clipping {o.max_grad_norm}, precision {t.precision}.",
+        f"- Evaluation on `{cfg.eval.split}` ({cfg.data.max_eval_examples or 'all'} examples): the prior's top "
+        f"{cfg.eval.top_k}, decoding `{cfg.eval.decode}`, at most {cfg.eval.max_new_tokens} new tokens.",
+    ])
 
 
 # ---- statistics ---------------------------------------------------------------------------------
@@ -210,7 +270,8 @@ def write_plots(results: list[RunResult], plots_dir: Path, seed: int) -> list[Pa
 
 
 def write_report(path: Path, *, name: str, command: str, settings: str, results: list[RunResult],
-                 variance_rows: list[str], plots: list[Path], notes: str = "") -> None:
+                 variance_rows: list[str], plots: list[Path], notes: str = "",
+                 signal_table: list[str] | None = None) -> None:
     lines = [f"# {name}: JSA-RAG against RAG and VRAG", "",
              "Produced by the command below; no number here was edited by hand.", "",
              "```bash", command, "```", "", "## Settings", "", settings, "",
@@ -229,6 +290,14 @@ def write_report(path: Path, *, name: str, command: str, settings: str, results:
              *retriever_table(results), "",
              "The prior reads the question (this is what the model uses at inference); the posterior reads "
              "question [SEP] gold answer, as in training. Only VRAG and JSA train the posterior.", "",
+             *([ "## Learning signal: does the generator's likelihood point at the gold passage?", "",
+                 *signal_table, "",
+                 "On training questions with a gold passage; candidates: the prior's top K plus the gold passage. "
+                 "`*_top1`: % of questions where the gold passage is the argmax of the prior, of the generator's "
+                 "log-likelihood of the gold answer, and of the posterior p_r p_g / Z that every estimator here "
+                 "moves the prior towards; `*_gold_mass`: mean probability (%) of the gold passage under the prior "
+                 "and under that posterior. Rows after `untrained` use each method's trained weights (first "
+                 "seed).", ""] if signal_table else []),
              "## Gradient variance (log of the summed per-parameter variance, fixed batch)", "",
              *variance_rows, "",
              "## Plots", "", *[f"![{p.stem}]({os.path.relpath(p, path.parent)})" for p in plots], ""]

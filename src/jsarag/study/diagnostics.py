@@ -53,3 +53,54 @@ def retriever_recall(cfg, checkpoint: Path | None, index_dir: Path, *, ks: tuple
             found[name] += [[corpus[r].id for r in row] for row in retriever.search(v, depth).tolist()]
     positives = [e.positive_ids for e in examples]
     return {f"{name}_recall@{k}": recall_at_k(rows, positives, k) for name, rows in found.items() for k in ks}
+
+
+@torch.no_grad()
+def learning_signal(cfg, checkpoint: Path | None, index_dir: Path, *, split: str = "train", limit: int = 60,
+                    batch_size: int = 4) -> dict[str, float]:
+    """Does the generator's likelihood point at the gold passage? The signal every estimator here learns from.
+
+    For ``limit`` examples of ``split`` with gold passages: the candidates are the prior's top K plus the
+    gold passage (the prior's top K+1 when the gold one is among them already), K = ``estimator.top_k``.
+    Over them, with ``p_post ∝ p_r · p_g`` the posterior that the prior is trained towards:
+
+    - ``prior_top1``, ``likelihood_top1``, ``posterior_top1``: how often the gold passage is the argmax of
+      the prior, of log p_g(y | x, h) (summed over answer tokens) and of p_post;
+    - ``prior_gold_mass``, ``posterior_gold_mass``: the mean probability of the gold passage under each.
+
+    When ``posterior_gold_mass`` is not above ``prior_gold_mass``, moving the prior towards the posterior
+    does not, on average, move it towards the gold passages.
+    """
+    from jsarag.pipeline import build_model
+
+    corpus = load_corpus(cfg.data)
+    examples = [e for e in load_split(cfg.data, split, corpus, None) if e.positive_ids][:limit]
+    model = build_model(cfg, checkpoint)
+    model.retriever.attach(PassageIndex.load(index_dir), corpus)
+    model.eval()
+    retriever, generator, k = model.retriever, model.generator, cfg.estimator.top_k
+    hits = {"prior_top1": 0.0, "likelihood_top1": 0.0, "posterior_top1": 0.0}
+    mass = {"prior_gold_mass": 0.0, "posterior_gold_mass": 0.0}
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        queries, answers = [e.query for e in chunk], [e.answers[0] for e in chunk]
+        with autocast(torch.device("cpu"), cfg.train.precision):
+            top = retriever.search(retriever.prior_vectors(queries), k + 1).tolist()
+        rows, gold = [], []
+        for e, ranked in zip(chunk, top):
+            gold_row = corpus.row(e.positive_ids[0])
+            row = ranked if gold_row in ranked else ranked[:k] + [gold_row]
+            rows.append(row)
+            gold.append(row.index(gold_row))
+        rows_t = torch.tensor(rows)
+        with autocast(torch.device("cpu"), cfg.train.precision):
+            log_prior = retriever.log_prior(queries, rows_t).float()
+            log_lik = generator.sequence_logprob(queries, chunk[0].kind, retriever.passages(rows_t), answers).float()
+        log_post = torch.log_softmax(log_prior + log_lik, dim=-1)
+        g = torch.tensor(gold)[:, None]
+        for name, scores in (("prior_top1", log_prior), ("likelihood_top1", log_lik), ("posterior_top1", log_post)):
+            hits[name] += (scores.argmax(-1, keepdim=True) == g).float().sum().item()
+        mass["prior_gold_mass"] += log_prior.gather(1, g).exp().sum().item()
+        mass["posterior_gold_mass"] += log_post.gather(1, g).exp().sum().item()
+    n = max(1, len(examples))
+    return {"examples": float(len(examples)), **{k_: v / n for k_, v in {**hits, **mass}.items()}}
