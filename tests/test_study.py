@@ -70,7 +70,7 @@ def test_variance_table_says_deterministic_instead_of_printing_noise():
     rows = format_variance({"rag_sequence": dict.fromkeys(("prior", "posterior", "generator"), "deterministic"),
                             "jsa_sum": {"prior": 1.234, "posterior": -2.0, "generator": float("-inf")}})
     assert rows[2] == "| rag_sequence | 0 (deterministic) | 0 (deterministic) | 0 (deterministic) |"
-    assert rows[3] == "| jsa_sum | 1.23 | -2.00 | 0 |"
+    assert rows[3] == "| jsa_sum | 1.23 | -2.00 | 0 (not sampled) |"
 
 
 @pytest.mark.slow

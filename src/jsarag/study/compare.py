@@ -300,6 +300,8 @@ def write_report(path: Path, *, name: str, command: str, settings: str, results:
                  "seed).", ""] if signal_table else []),
              "## Gradient variance (log of the summed per-parameter variance, fixed batch)", "",
              *variance_rows, "",
+             *(["Cells give log sum_j Var[g_j] over the redraws; `0 (...)` marks a variance that is exactly zero "
+                "(no randomness reaches that component), not a logarithm.", ""] if variance_rows else []),
              "## Plots", "", *[f"![{p.stem}]({os.path.relpath(p, path.parent)})" for p in plots], ""]
     if notes:
         lines += ["## Notes", "", notes, ""]

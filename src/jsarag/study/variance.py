@@ -93,6 +93,6 @@ def format_variance(results: dict[str, dict]) -> list[str]:
         for part in PARTS:
             value = parts[part]
             cells.append("0 (deterministic)" if value == "deterministic"
-                         else ("0" if value == float("-inf") else f"{value:.2f}"))
+                         else ("0 (not sampled)" if value == float("-inf") else f"{value:.2f}"))
         rows.append(f"| {method} | " + " | ".join(cells) + " |")
     return rows
