@@ -26,9 +26,8 @@ from pathlib import Path
 from jsarag.config import load_config
 from jsarag.eval.metrics import exact_match, token_f1
 from jsarag.eval.plots import line_plot
-from jsarag.study.diagnostics import learning_signal, retriever_recall, run_recall
+from jsarag.study.diagnostics import learning_signal, retriever_recall, run_recall, run_state
 from jsarag.study.methods import BASELINES, METHODS, UNTRAINED
-from jsarag.train.checkpoint import latest_checkpoint
 from jsarag.train.logger import read_metrics
 
 REPORT_METRICS = ("em", "f1", "rougeL", "bleu4", "recall@1", "recall@5", "mrr@10")
@@ -135,10 +134,10 @@ def signal_rows(config: str | Path, out: str | Path, *, methods: list[str], seed
     points = [(UNTRAINED, None, out / "index")]
     for method in [*methods, *BASELINES]:
         run_dir = out / f"seed{seed}" / method
-        checkpoint = latest_checkpoint(run_dir) if run_dir.is_dir() else None
-        if checkpoint is not None:
-            index_dir = checkpoint / "index" if (checkpoint / "index").is_dir() else out / "index"
-            points.append((method, checkpoint, index_dir))
+        if (run_dir / "config.yaml").is_file():
+            _, checkpoint, index_dir = run_state(run_dir)
+            if checkpoint is not None:
+                points.append((method, checkpoint, index_dir))
     keys = ["prior_top1", "likelihood_top1", "posterior_top1", "prior_gold_mass", "posterior_gold_mass"]
     rows = ["| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for method, checkpoint, index_dir in points:

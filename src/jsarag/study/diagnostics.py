@@ -19,8 +19,9 @@ from jsarag.train.checkpoint import latest_checkpoint
 from jsarag.train.distributed import autocast
 
 
-def run_recall(run_dir: str | Path) -> dict[str, float]:
-    """``retriever_recall`` for a training run folder: its config, newest checkpoint and index."""
+def run_state(run_dir: str | Path):
+    """A training run folder's resolved config, newest checkpoint (or None) and the index that goes with
+    it: the checkpoint's own (refreshed while the passage encoder trained), else the run's."""
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
     checkpoint = latest_checkpoint(run_dir)
@@ -28,7 +29,12 @@ def run_recall(run_dir: str | Path) -> dict[str, float]:
         index_dir = checkpoint / "index"
     else:
         index_dir = Path(cfg.index.path) if cfg.index.path else run_dir / "index"
-    return retriever_recall(cfg, checkpoint, index_dir)
+    return cfg, checkpoint, index_dir
+
+
+def run_recall(run_dir: str | Path) -> dict[str, float]:
+    """``retriever_recall`` for a training run folder: its config, newest checkpoint and index."""
+    return retriever_recall(*run_state(run_dir))
 
 
 @torch.no_grad()
@@ -85,7 +91,8 @@ def learning_signal(cfg, checkpoint: Path | None, index_dir: Path, *, split: str
         chunk = examples[start:start + batch_size]
         queries, answers = [e.query for e in chunk], [e.answers[0] for e in chunk]
         with autocast(torch.device("cpu"), cfg.train.precision):
-            top = retriever.search(retriever.prior_vectors(queries), k + 1).tolist()
+            prior_vectors = retriever.prior_vectors(queries)
+        top = retriever.search(prior_vectors, k + 1).tolist()
         rows, gold = [], []
         for e, ranked in zip(chunk, top):
             gold_row = corpus.row(e.positive_ids[0])
@@ -94,7 +101,7 @@ def learning_signal(cfg, checkpoint: Path | None, index_dir: Path, *, split: str
             gold.append(row.index(gold_row))
         rows_t = torch.tensor(rows)
         with autocast(torch.device("cpu"), cfg.train.precision):
-            log_prior = retriever.log_prior(queries, rows_t).float()
+            log_prior = retriever.log_probs(prior_vectors, rows_t).float()  # queries encoded once
             log_lik = generator.sequence_logprob(queries, chunk[0].kind, retriever.passages(rows_t), answers).float()
         log_post = torch.log_softmax(log_prior + log_lik, dim=-1)
         g = torch.tensor(gold)[:, None]
