@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import REPO
 
-from jsarag.study.compare import RunResult, paired_bootstrap, results_table, significance_rows
+from jsarag.study.compare import RunResult, paired_bootstrap, results_table, sampler_table, significance_rows
 from jsarag.study.variance import RunningVariance, format_variance
 
 
@@ -51,6 +51,23 @@ def test_results_table_reports_mean_and_std_over_seeds():
     table = "\n".join(results_table(runs))
     assert "| m | 2 | 50.00 ± 70.71 |" in table  # EM 100 and 0: mean 50, sample std 70.71
     assert "15.00 ± 7.07" in table  # seconds per 100 steps 10 and 20
+
+
+def test_sampler_table_averages_steps_then_seeds_and_skips_methods_without_a_chain():
+    def curve(accept: list[float], states: float) -> list[dict]:
+        return [{"step": i + 1, "loss": 1.0, "accept_rate": a, "distinct_states": states,
+                 "distinct_proposals": 4.0, "candidates": 6.0} for i, a in enumerate(accept)]
+
+    jsa = [run("jsa_sum", 0, {"q": 1.0}), run("jsa_sum", 1, {"q": 1.0})]
+    jsa[0].curves = curve([0.2, 0.4], 2.0)  # step means: accept 0.3, states 2
+    jsa[1].curves = curve([0.5, 0.7], 4.0)  # accept 0.6, states 4
+    rag = run("rag_sequence", 0, {"q": 1.0})
+    rag.curves = [{"step": 1, "loss": 1.0}]
+    table = "\n".join(sampler_table([*jsa, rag]))
+    # Over seeds: accept mean 0.45, sample std 0.21; states mean 3, std 1.41; the others constant.
+    assert "| jsa_sum | 0.45 ± 0.21 | 3.00 ± 1.41 | 4.00 ± 0.00 | 6.00 ± 0.00 |" in table
+    assert "rag_sequence" not in table
+    assert sampler_table([rag]) == []
 
 
 def test_running_variance_matches_torch():
@@ -105,7 +122,7 @@ def test_compare_command_end_to_end_on_tiny_models(tmp_path):
     report = (tmp_path / "results" / "tiny.md").read_text()
     for needle in ("| untrained |", "| rag_sequence | 1 |", "| jsa_sum | 1 |", "| frozen_retriever | 1 |",
                    "jsa_sum minus", "0 (deterministic)", "jsarag compare", "![learning_curves]",
-                   "## Learning signal", "| untrained | ", "- K = ", "steps of"):
+                   "## Learning signal", "| untrained | ", "## JSA's sampler during training", "- K = ", "steps of"):
         assert needle in report, needle
     assert (tmp_path / "results" / "tiny" / "acceptance_rate.png").is_file()
     # A second call finds every run finished and only rewrites the report.

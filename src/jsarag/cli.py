@@ -207,7 +207,8 @@ def compare(config: Path = typer.Argument(..., help="Dataset config (e.g. config
     variance_rows = []
     if variance_draws > 0:
         variance = cached_json(out / "variance.json",
-                               lambda: gradient_variance(config, extra, chosen, draws=variance_draws),
+                               lambda: gradient_variance(config, [*extra, f"index.path={out / 'index'}"], chosen,
+                                                         draws=variance_draws),
                                key={"draws": variance_draws, "methods": chosen, "overrides": extra})
         variance_rows = format_variance(variance)
     signal = (signal_rows(config, out, methods=chosen, seed=seed_list[0], overrides=extra, examples=signal_examples)

@@ -222,6 +222,24 @@ def retriever_table(results: list[RunResult]) -> list[str]:
     return rows
 
 
+SAMPLER_KEYS = ("accept_rate", "distinct_states", "distinct_proposals", "candidates")
+
+
+def sampler_table(results: list[RunResult]) -> list[str]:
+    """JSA's chain over training: mean per step of each sampler statistic, mean ± std over seeds."""
+    groups: dict[str, list[RunResult]] = {}
+    for r in results:
+        if any("accept_rate" in c for c in r.curves):
+            groups.setdefault(r.method, []).append(r)
+    if not groups:
+        return []
+    rows = ["| method | " + " | ".join(SAMPLER_KEYS) + " |", "|---|" + "---|" * len(SAMPLER_KEYS)]
+    for method, runs in groups.items():
+        cells = [_mean_std([statistics.mean(c[k] for c in r.curves if k in c) for r in runs]) for k in SAMPLER_KEYS]
+        rows.append(f"| {method} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def significance_rows(results: list[RunResult], reference: str) -> list[str]:
     groups: dict[str, list[RunResult]] = {}
     for r in results:
@@ -289,6 +307,12 @@ def write_report(path: Path, *, name: str, command: str, settings: str, results:
              *retriever_table(results), "",
              "The prior reads the question (this is what the model uses at inference); the posterior reads "
              "question [SEP] gold answer, as in training. Only VRAG and JSA train the posterior.", "",
+             *(["## JSA's sampler during training", "", *sampler_table(results), "",
+                "Per question and step, averaged over training: the share of the m proposals accepted, the "
+                "distinct passages the chain visited (these get generator gradients), the distinct passages "
+                "proposed (scored once without gradient), and the candidate set the posterior and prior are "
+                "normalised over (`union`: the prior's top K with the posterior's top K).", ""]
+               if sampler_table(results) else []),
              *([ "## Learning signal: does the generator's likelihood point at the gold passage?", "",
                  *signal_table, "",
                  "On training questions with a gold passage; candidates: the prior's top K plus the gold passage. "
