@@ -195,10 +195,17 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def results_table(results: list[RunResult]) -> list[str]:
+def _by_method(results: list[RunResult], keep=lambda r: True) -> dict[str, list[RunResult]]:
+    """The runs kept by ``keep``, grouped by method in first-seen order."""
     groups: dict[str, list[RunResult]] = {}
     for r in results:
-        groups.setdefault(r.method, []).append(r)
+        if keep(r):
+            groups.setdefault(r.method, []).append(r)
+    return groups
+
+
+def results_table(results: list[RunResult]) -> list[str]:
+    groups = _by_method(results)
     head = ["method", "seeds", *REPORT_METRICS, "s / 100 steps", "peak MiB"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, runs in groups.items():
@@ -212,10 +219,7 @@ def results_table(results: list[RunResult]) -> list[str]:
 
 def retriever_table(results: list[RunResult]) -> list[str]:
     keys = ["prior_recall@1", "prior_recall@5", "posterior_recall@1", "posterior_recall@5"]
-    groups: dict[str, list[RunResult]] = {}
-    for r in results:
-        if keys[0] in r.summary:
-            groups.setdefault(r.method, []).append(r)
+    groups = _by_method(results, lambda r: keys[0] in r.summary)
     rows = ["| method | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for method, runs in groups.items():
         rows.append(f"| {method} | " + " | ".join(_mean_std([100 * r.summary[k] for r in runs]) for k in keys) + " |")
@@ -227,10 +231,7 @@ SAMPLER_KEYS = ("accept_rate", "distinct_states", "distinct_proposals", "candida
 
 def sampler_table(results: list[RunResult]) -> list[str]:
     """JSA's chain over training: mean per step of each sampler statistic, mean ± std over seeds."""
-    groups: dict[str, list[RunResult]] = {}
-    for r in results:
-        if any("accept_rate" in c for c in r.curves):
-            groups.setdefault(r.method, []).append(r)
+    groups = _by_method(results, lambda r: any("accept_rate" in c for c in r.curves))
     if not groups:
         return []
     rows = ["| method | " + " | ".join(SAMPLER_KEYS) + " |", "|---|" + "---|" * len(SAMPLER_KEYS)]
@@ -241,9 +242,7 @@ def sampler_table(results: list[RunResult]) -> list[str]:
 
 
 def significance_rows(results: list[RunResult], reference: str) -> list[str]:
-    groups: dict[str, list[RunResult]] = {}
-    for r in results:
-        groups.setdefault(r.method, []).append(r)
+    groups = _by_method(results)
     if reference not in groups:
         return []
     rows = [f"| {reference} minus | " + " | ".join(PAIRED_METRICS) + " |", "|---|" + "---|" * len(PAIRED_METRICS)]
@@ -289,6 +288,7 @@ def write_plots(results: list[RunResult], plots_dir: Path, seed: int) -> list[Pa
 def write_report(path: Path, *, name: str, command: str, settings: str, results: list[RunResult],
                  variance_rows: list[str], plots: list[Path], notes: str = "",
                  signal_table: list[str] | None = None) -> None:
+    sampler = sampler_table(results)
     lines = [f"# {name}: JSA-RAG against RAG and VRAG", "",
              "Produced by the command below; no number here was edited by hand.", "",
              "```bash", command, "```", "", "## Settings", "", settings, "",
@@ -307,12 +307,12 @@ def write_report(path: Path, *, name: str, command: str, settings: str, results:
              *retriever_table(results), "",
              "The prior reads the question (this is what the model uses at inference); the posterior reads "
              "question [SEP] gold answer, as in training. Only VRAG and JSA train the posterior.", "",
-             *(["## JSA's sampler during training", "", *sampler_table(results), "",
+             *(["## JSA's sampler during training", "", *sampler, "",
                 "Per question and step, averaged over training: the share of the m proposals accepted, the "
                 "distinct passages the chain visited (these get generator gradients), the distinct passages "
                 "proposed (scored once without gradient), and the candidate set the posterior and prior are "
                 "normalised over (`union`: the prior's top K with the posterior's top K).", ""]
-               if sampler_table(results) else []),
+               if sampler else []),
              *([ "## Learning signal: does the generator's likelihood point at the gold passage?", "",
                  *signal_table, "",
                  "On training questions with a gold passage; candidates: the prior's top K plus the gold passage. "
