@@ -535,3 +535,41 @@ def test_saved_models_load_in_hf_and_sentence_transformers(cli_env, jobs):
     assert info["hf_hidden"][0] == 2 and info["hf_hidden"][-1] == 32 and info["hf_finite"], info
     assert info["lm_class"] == "LlamaForCausalLM" and info["lm_logits_finite"], info
     assert info["lm_vocab"] == 30522, info
+
+
+# ---- 7. the quickstart, with tiny models in place of the pretrained ones -------------------------------
+QUICK_TINY = ["retriever.model=builtin:tiny-bert", "retriever.max_query_length=32",
+              "retriever.max_passage_length=32", "generator.model=builtin:tiny-llama",
+              "generator.lora.enabled=false", "generator.max_passage_tokens=16", "generator.max_query_tokens=16",
+              "generator.max_answer_tokens=6", "estimator.top_k=2", "estimator.jsa.num_proposals=4",
+              "train.steps=2", "train.save_every=2", "train.precision=fp32", "train.progress=false",
+              "train.tensorboard=false", "data.max_eval_examples=3", "eval.max_new_tokens=3"]
+
+
+def test_quickstart_end_to_end_and_rerunnable(cli_env, tmp_path):
+    out = tmp_path / "quickstart"
+    for attempt in range(2):  # the second run replaces the first
+        result = require_ok(run_cli(cli_env, "quickstart", "--out", out, *QUICK_TINY))
+        report = json.loads((out / "quickstart.json").read_text())
+        for when in ("before", "after"):
+            assert report[when]["examples"] == 3, report
+            for key in ("f1", "rougeL", "recall@1", "mrr@10"):
+                assert finite(report[when][key]), (when, key, report[when])
+        assert 0 < report["train_seconds"] < report["total_seconds"], report
+        assert "evaluate the untrained model (3 dev examples)" in result.stdout, result.describe()
+        assert "builtin:dstc11_hotels/dev.jsonl" in result.stdout, result.describe()
+        assert "JSA-RAG trained" in result.stdout, result.describe()
+        # The index of the shipped sample, the untrained evaluation and the trained run sit in the folder.
+        assert json.loads((out / "index" / "meta.json").read_text())["num_passages"] == 2895
+        assert len(read_jsonl(out / "eval_before" / "predictions.jsonl")) == 3
+        assert len([r for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]) == 2
+
+
+def test_quickstart_refuses_a_folder_that_is_not_its_own(cli_env, tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    before = snapshot(folder)
+    check_user_error(run_cli(cli_env, "quickstart", "--out", folder, *QUICK_TINY), str(folder),
+                     "not a quickstart run")
+    assert snapshot(folder) == before

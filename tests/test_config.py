@@ -87,6 +87,10 @@ def test_quickstart_yaml_types():
     assert cfg.optim.betas == (0.9, 0.95) and isinstance(cfg.optim.betas, tuple)
     assert all(type(b) is float for b in cfg.optim.betas)
     assert cfg.train.precision == "bf16" and cfg.eval.decode == "per_passage"
+    # The shipped dialogue sample, inside the package (no path outside it).
+    assert (cfg.data.corpus, cfg.data.train, cfg.data.dev) == (
+        "builtin:dstc11_hotels/corpus.jsonl", "builtin:dstc11_hotels/train.jsonl", "builtin:dstc11_hotels/dev.jsonl")
+    assert cfg.data.test is None and type(cfg.train.steps) is int
 
 
 def test_defaults_without_a_file():

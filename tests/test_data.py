@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import pickle
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import SHARED_DATA
+from helpers import REPO, SHARED_DATA
 
+from jsarag.config import DataConfig
 from jsarag.data import Corpus, DataError, Example, Passage, load_examples
+from jsarag.pipeline import load_corpus, load_split, resolve_data_path
 
 DATA_ROOT = SHARED_DATA
 
@@ -95,6 +99,57 @@ def test_real_dstc11_corpus_loads_fast() -> None:
     start = time.perf_counter()
     Corpus.from_jsonl(path)
     assert time.perf_counter() - start < 1.0
+
+
+# --- datasets shipped inside the package ------------------------------------------------------
+
+# (name, passages, train, dev, kind, licence file), as each folder's README states.
+SHIPPED = [
+    ("squad_mini", 185, 964, 60, "question", None),
+    ("dstc11_hotels", 2895, 997, 60, "context", "LICENSE"),
+]
+
+
+@pytest.mark.parametrize(("name", "n_passages", "n_train", "n_dev", "kind", "licence"), SHIPPED)
+def test_shipped_dataset_loads_through_builtin_paths(name: str, n_passages: int, n_train: int, n_dev: int,
+                                                     kind: str, licence: str | None) -> None:
+    data = DataConfig(corpus=f"builtin:{name}/corpus.jsonl", train=f"builtin:{name}/train.jsonl",
+                      dev=f"builtin:{name}/dev.jsonl")
+    corpus = load_corpus(data)
+    train, dev = load_split(data, "train", corpus), load_split(data, "dev", corpus)
+    assert (len(corpus), len(train), len(dev)) == (n_passages, n_train, n_dev)
+    assert {e.kind for e in train + dev} == {kind}
+    assert not {e.id for e in train} & {e.id for e in dev}
+    folder = resolve_data_path(f"builtin:{name}/corpus.jsonl").parent
+    readme = (folder / "README.md").read_text(encoding="utf-8")
+    assert f"{n_passages:,}" in readme or str(n_passages) in readme
+    if licence:
+        assert "Community Data License Agreement" in (folder / licence).read_text(encoding="utf-8")
+
+
+def test_dstc11_hotels_dev_dialogues_are_unseen_in_train() -> None:
+    data = DataConfig(corpus="builtin:dstc11_hotels/corpus.jsonl", train="builtin:dstc11_hotels/train.jsonl",
+                      dev="builtin:dstc11_hotels/dev.jsonl")
+    corpus = load_corpus(data)
+    opening = {e.query.splitlines()[0] for e in load_split(data, "train", corpus)}
+    dev = load_split(data, "dev", corpus)
+    assert not any(e.query.splitlines()[0] in opening for e in dev)
+    # Every gold snippet is a hotel's: the sample is one domain.
+    assert all(p.startswith("hotel-") for e in dev for p in e.positive_ids)
+
+
+@pytest.mark.parametrize(("script", "source", "name"), [
+    ("make_squad_mini.py", "squad_v1_dev", "squad_mini"),
+    ("make_dstc11_hotels.py", "dstc11_track5", "dstc11_hotels"),
+])
+def test_shipped_dataset_is_rebuilt_byte_for_byte_from_the_source(tmp_path: Path, script: str, source: str,
+                                                                   name: str) -> None:
+    src = real_dir(source)
+    subprocess.run([sys.executable, str(REPO / "scripts" / script), str(src), str(tmp_path)], check=True,
+                   capture_output=True)
+    shipped = resolve_data_path(f"builtin:{name}/corpus.jsonl").parent
+    for built in sorted(tmp_path.iterdir()):
+        assert built.read_bytes() == (shipped / built.name).read_bytes(), built.name
 
 
 # --- Corpus API ---------------------------------------------------------------------------------
