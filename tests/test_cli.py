@@ -557,10 +557,10 @@ def test_quickstart_end_to_end_and_rerunnable(cli_env, tmp_path):
                 assert finite(report[when][key]), (when, key, report[when])
         assert 0 < report["train_seconds"] < report["total_seconds"], report
         assert "evaluate the untrained model (3 dev examples)" in result.stdout, result.describe()
-        assert "builtin:dstc11_hotels/dev.jsonl" in result.stdout, result.describe()
+        assert "builtin:dstc11/dev.jsonl" in result.stdout, result.describe()
         assert "JSA-RAG trained" in result.stdout, result.describe()
         # The index of the shipped sample, the untrained evaluation and the trained run sit in the folder.
-        assert json.loads((out / "index" / "meta.json").read_text())["num_passages"] == 2895
+        assert json.loads((out / "index" / "meta.json").read_text())["num_passages"] == 10882
         assert len(read_jsonl(out / "eval_before" / "predictions.jsonl")) == 3
         assert len([r for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]) == 2
 

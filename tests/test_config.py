@@ -89,7 +89,7 @@ def test_quickstart_yaml_types():
     assert cfg.train.precision == "bf16" and cfg.eval.decode == "per_passage"
     # The shipped dialogue sample, inside the package (no path outside it).
     assert (cfg.data.corpus, cfg.data.train, cfg.data.dev) == (
-        "builtin:dstc11_hotels/corpus.jsonl", "builtin:dstc11_hotels/train.jsonl", "builtin:dstc11_hotels/dev.jsonl")
+        "builtin:dstc11/corpus.jsonl", "builtin:dstc11/train.jsonl", "builtin:dstc11/dev.jsonl")
     assert cfg.data.test is None and type(cfg.train.steps) is int
 
 

@@ -106,7 +106,7 @@ def test_real_dstc11_corpus_loads_fast() -> None:
 # (name, passages, train, dev, kind, licence file), as each folder's README states.
 SHIPPED = [
     ("squad_mini", 185, 964, 60, "question", None),
-    ("dstc11_hotels", 2895, 997, 60, "context", "LICENSE"),
+    ("dstc11", 10882, 1516, 60, "context", "LICENSE"),
 ]
 
 
@@ -127,20 +127,20 @@ def test_shipped_dataset_loads_through_builtin_paths(name: str, n_passages: int,
         assert "Community Data License Agreement" in (folder / licence).read_text(encoding="utf-8")
 
 
-def test_dstc11_hotels_dev_dialogues_are_unseen_in_train() -> None:
-    data = DataConfig(corpus="builtin:dstc11_hotels/corpus.jsonl", train="builtin:dstc11_hotels/train.jsonl",
-                      dev="builtin:dstc11_hotels/dev.jsonl")
+def test_dstc11_sample_dev_dialogues_are_unseen_in_train() -> None:
+    data = DataConfig(corpus="builtin:dstc11/corpus.jsonl", train="builtin:dstc11/train.jsonl",
+                      dev="builtin:dstc11/dev.jsonl")
     corpus = load_corpus(data)
     opening = {e.query.splitlines()[0] for e in load_split(data, "train", corpus)}
     dev = load_split(data, "dev", corpus)
     assert not any(e.query.splitlines()[0] in opening for e in dev)
-    # Every gold snippet is a hotel's: the sample is one domain.
-    assert all(p.startswith("hotel-") for e in dev for p in e.positive_ids)
+    # Both domains are asked about at dev time.
+    assert {p.split("-", 1)[0] for e in dev for p in e.positive_ids} == {"hotel", "restaurant"}
 
 
 @pytest.mark.parametrize(("script", "source", "name"), [
     ("make_squad_mini.py", "squad_v1_dev", "squad_mini"),
-    ("make_dstc11_hotels.py", "dstc11_track5", "dstc11_hotels"),
+    ("make_dstc11_sample.py", "dstc11_track5", "dstc11"),
 ])
 def test_shipped_dataset_is_rebuilt_byte_for_byte_from_the_source(tmp_path: Path, script: str, source: str,
                                                                    name: str) -> None:

@@ -1,8 +1,8 @@
 """`jsarag quickstart`: the whole product on a small real dataset, offline, in minutes.
 
 1. Materialise the offline models (MiniLM; SmolLM2-135M-Instruct from its GGUF, once, cached).
-2. Index the shipped dialogue sample (`builtin:dstc11_hotels`: the FAQs and review sentences of 33 hotels,
-   from DSTC11 track 5).
+2. Index the shipped dialogue sample (`builtin:dstc11`: the FAQs and review sentences of 33 hotels and
+   110 restaurants, from DSTC11 track 5).
 3. Evaluate the untrained model on its dev turns.
 4. Train JSA-RAG briefly (the training loop of `jsarag train`).
 5. Evaluate again and print the before/after table; write `quickstart.json` in the run folder.

@@ -1,12 +1,11 @@
-"""Build the quickstart dataset `dstc11_hotels` shipped inside the package (standard library only).
+"""Build the quickstart dataset `dstc11` shipped inside the package (standard library only).
 
-    python scripts/make_dstc11_hotels.py ../shared/data/dstc11_track5 src/jsarag/resources/datasets/dstc11_hotels
+    python scripts/make_dstc11_sample.py ../shared/data/dstc11_track5 src/jsarag/resources/datasets/dstc11
 
 Source: the normalised DSTC11 track 5 files (see that folder's README for provenance and licence).
-Kept: the hotel domain. The knowledge base is every snippet (FAQ or review sentence) of the 33 hotels;
-`train.jsonl` is every knowledge-seeking turn of the `train` split whose gold snippets are all hotel
-snippets; `dev.jsonl` is 60 such turns of the `dev` split, drawn by a seeded shuffle. The two splits
-come from different dialogues (the source splits by dialogue) and share the knowledge base.
+Kept: the whole knowledge base (10,882 FAQ and review snippets of 33 hotels and 110 restaurants), every
+turn of the `train` split (1,516), and 60 turns of the `dev` split drawn by a seeded shuffle. Train and
+dev turns come from different dialogues (the source splits by dialogue) and share the knowledge base.
 Deterministic: the same input gives byte-identical output. The licence text is copied beside the data,
 as CDLA-Sharing-1.0 requires.
 """
@@ -19,7 +18,6 @@ import shutil
 import sys
 from pathlib import Path
 
-DOMAIN = "hotel"
 DEV_SIZE = 60
 SEED = 11
 
@@ -32,19 +30,10 @@ def write(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
-def in_domain(snippet_id: str) -> bool:
-    return snippet_id.split("-", 1)[0] == DOMAIN
-
-
-def turns(path: Path) -> list[dict]:
-    rows = [t for t in read(path) if all(in_domain(p) for p in t["positive_ids"])]
-    return sorted(rows, key=lambda t: t["id"])
-
-
 def main(src: Path, dst: Path) -> None:
-    corpus = [p for p in read(src / "corpus.jsonl") if in_domain(p["id"])]
-    train = turns(src / "train.jsonl")
-    dev = turns(src / "dev.jsonl")
+    corpus = read(src / "corpus.jsonl")
+    train = read(src / "train.jsonl")
+    dev = sorted(read(src / "dev.jsonl"), key=lambda t: t["id"])
     random.Random(SEED).shuffle(dev)
     dev = sorted(dev[:DEV_SIZE], key=lambda t: t["id"])
     dst.mkdir(parents=True, exist_ok=True)
@@ -53,7 +42,8 @@ def main(src: Path, dst: Path) -> None:
     write(dst / "dev.jsonl", dev)
     shutil.copyfile(src / "raw" / "DATALICENSE", dst / "LICENSE")
     entities = len({p["title"] for p in corpus})
-    print(f"{len(corpus)} snippets of {entities} hotels, {len(train)} train and {len(dev)} dev turns -> {dst}")
+    print(f"{len(corpus)} snippets of {entities} hotels and restaurants, {len(train)} train and {len(dev)} dev "
+          f"turns -> {dst}")
 
 
 if __name__ == "__main__":
