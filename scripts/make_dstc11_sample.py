@@ -12,22 +12,15 @@ as CDLA-Sharing-1.0 requires.
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 import sys
 from pathlib import Path
 
+from jsonl_io import read, write  # scripts/jsonl_io.py
+
 DEV_SIZE = 60
 SEED = 11
-
-
-def read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def write(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def main(src: Path, dst: Path) -> None:
