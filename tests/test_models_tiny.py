@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from helpers import tiny_passages
@@ -15,8 +16,8 @@ from jsarag.index import build_index
 from jsarag.models.generator import Generator
 from jsarag.models.pretrained import ModelNotFoundError
 from jsarag.models.rag import COMPONENTS, RAGModel
-from jsarag.models.retriever import Retriever
-from jsarag.pipeline import build_model
+from jsarag.models.retriever import Retriever, passage_text
+from jsarag.pipeline import build_model, prepare_index
 from jsarag.train.optim import build_optimizer
 
 EXAMPLES = [
@@ -154,6 +155,25 @@ def test_unknown_model_name_is_a_clear_error():
     cfg.retriever.model = "builtin:nope"
     with pytest.raises(ModelNotFoundError, match="unknown built-in model 'builtin:nope'"):
         build_model(cfg)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_prepare_index_encodes_the_corpus_with_the_run_precision(precision):
+    """A new index is encoded as `jsarag index build` encodes it: under ``train.precision``."""
+    cfg = Config()
+    cfg.retriever.model, cfg.generator.model = "builtin:tiny-bert", "builtin:tiny-llama"
+    cfg.train.precision = precision
+    corpus = Corpus(tiny_passages(8))
+    model = build_model(cfg)
+    index = prepare_index(cfg, corpus, model, progress=False)
+    assert model.retriever.index is index
+    texts = [passage_text(p) for p in corpus]
+    fp32 = model.retriever.passage.encode(texts)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = model.retriever.passage.encode(texts)
+    assert np.abs(fp32 - bf16).max() > 1e-5  # the two precisions give distinguishable vectors
+    stored = index.reconstruct(np.arange(len(corpus)))
+    np.testing.assert_allclose(stored, bf16 if precision == "bf16" else fp32, rtol=0, atol=1e-6)
 
 
 # ---- estimators: one optimisation step each ----------------------------------------------------

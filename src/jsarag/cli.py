@@ -100,11 +100,10 @@ def eval_cmd(target: Path = typer.Argument(..., help="A run folder (newest check
     cfg, ckpt, run_dir = resolve_target(target, extra, checkpoint)
     corpus = load_corpus(cfg.data)
     examples = load_split(cfg.data, cfg.eval.split, corpus, cfg.data.max_eval_examples)
-    model = build_model(cfg, ckpt)
+    env = setup()
+    model = build_model(cfg, ckpt).to(env.device)
     build_dir = run_dir / "index" if run_dir is not None else None
     prepare_index(cfg, corpus, model, build_dir=build_dir, checkpoint=ckpt)
-    env = setup()
-    model.to(env.device)
     result = evaluate(model, examples, cfg.eval, device=env.device, precision=cfg.train.precision)
     destination = out or (run_dir / "eval" / cfg.eval.split if run_dir is not None else None)
     if destination is not None:
@@ -130,11 +129,10 @@ def ask(target: Path = typer.Argument(..., help="A run folder or a config file."
     corpus = load_corpus(cfg.data)
     split = next((s for s in ("train", "dev", "test") if getattr(cfg.data, s)), None)
     kind = load_split(cfg.data, split, corpus, limit=1)[0].kind if split else "question"
-    model = build_model(cfg, ckpt)
+    env = setup()
+    model = build_model(cfg, ckpt).to(env.device)
     prepare_index(cfg, corpus, model, build_dir=run_dir / "index" if run_dir else None, checkpoint=ckpt,
                   progress=False)
-    env = setup()
-    model.to(env.device)
     if question is not None:
         answer_and_show(model, question, cfg, env.device, kind)
         return

@@ -17,6 +17,7 @@ from jsarag.models.generator import Generator
 from jsarag.models.pretrained import ModelNotFoundError
 from jsarag.models.rag import RAGModel
 from jsarag.models.retriever import Retriever
+from jsarag.train.distributed import autocast
 
 BUILTIN_DATA = "builtin:"
 
@@ -69,7 +70,8 @@ def prepare_index(cfg: Config, corpus: Corpus, model: RAGModel, *, build_dir: Pa
 
     In order of preference: the index saved in the checkpoint (a trained passage encoder), the
     folder named by ``index.path``, one already built in ``build_dir``, or a new one built now (and
-    saved to ``build_dir`` when given).
+    saved to ``build_dir`` when given) on the device the model is on, with ``train.precision`` as in
+    `jsarag index build` (bf16 encodes MiniLM about 1.7x faster on a CPU with native bf16).
     """
     retriever = model.retriever
     candidates = []
@@ -82,9 +84,10 @@ def prepare_index(cfg: Config, corpus: Corpus, model: RAGModel, *, build_dir: Pa
     if candidates:
         index = PassageIndex.load(candidates[0])
     else:
-        index = build_index(corpus, retriever.passage, factory=cfg.index.factory,
-                            search_params=cfg.index.search_params, batch_size=cfg.index.batch_size,
-                            progress=progress)
+        with autocast(retriever.passage.device, cfg.train.precision):
+            index = build_index(corpus, retriever.passage, factory=cfg.index.factory,
+                                search_params=cfg.index.search_params, batch_size=cfg.index.batch_size,
+                                progress=progress)
         if build_dir is not None:
             index.save(build_dir, extra_files={"config.yaml": index_config_text(cfg)})
     retriever.attach(index, corpus)

@@ -51,9 +51,8 @@ def run_quickstart(out: str | Path, overrides: list[str]) -> dict:
     env = setup()
 
     console.rule("1-2. offline models and index")
-    model = build_model(cfg)
+    model = build_model(cfg).to(env.device)
     prepare_index(cfg, corpus, model, build_dir=out / "index")
-    model.to(env.device)
 
     console.rule(f"3. evaluate the untrained model ({len(dev)} dev examples)")
     before = evaluate(model, dev, cfg.eval, device=env.device, precision=cfg.train.precision)

@@ -60,10 +60,10 @@ def gradient_variance(config: str | Path, overrides: list[str], methods: list[st
     corpus = load_corpus(base.data)
     examples = load_split(base.data, "train", corpus)[:batch_size]
     batch = Batch.from_examples(examples)
-    model = build_model(base)
-    prepare_index(base, corpus, model, progress=progress)
     env = dist.setup()
-    model.to(env.device).eval()
+    model = build_model(base).to(env.device)
+    prepare_index(base, corpus, model, progress=progress)
+    model.eval()
     results: dict[str, dict] = {}
     for method in methods:
         if method in DETERMINISTIC:

@@ -120,13 +120,13 @@ def _train(cfg: Config, run_dir: Path, resume: bool, env: dist.DistEnv) -> Path:
     model.set_trainable(trainable)
     show = env.is_main and tc.progress
     index_dir = run_dir / "index" if cfg.index.path is None else None
+    model.to(env.device)  # a new index is encoded on the run's device
     if env.is_main:
         index = prepare_index(cfg, corpus, model, build_dir=index_dir, checkpoint=checkpoint, progress=show)
         save_run_config(cfg, run_dir)  # only now: a mismatched index above must leave no run behind
     dist.barrier(env)
     if not env.is_main:
         index = prepare_index(cfg, corpus, model, build_dir=index_dir, checkpoint=checkpoint, progress=False)
-    model.to(env.device)
     model.train()
     ddp = dist.wrap(model, env)
     optimizer = build_optimizer(model, cfg.optim)
