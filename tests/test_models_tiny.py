@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from helpers import tiny_passages
 
-from jsarag.config import Config, GeneratorConfig, LoraConfig, RetrieverConfig
+from jsarag.config import Config, GeneratorConfig, LoraConfig, RetrieverConfig, load_config
 from jsarag.data import Batch, Corpus, Example
 from jsarag.estimators import ESTIMATORS, JSA, JSAConfig, VRAGConfig, build_estimator
-from jsarag.index import build_index
+from jsarag.index import PassageIndex, build_index
 from jsarag.models.generator import Generator
 from jsarag.models.pretrained import ModelNotFoundError
 from jsarag.models.rag import COMPONENTS, RAGModel
 from jsarag.models.retriever import Retriever, passage_text
-from jsarag.pipeline import build_model, prepare_index
+from jsarag.pipeline import build_model, load_corpus, prepare_index
+from jsarag.train.loop import train
 from jsarag.train.optim import build_optimizer
+
+TINY_YAML = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
 EXAMPLES = [
     Example("e1", "Which river flows to the North Sea?", ("the Rhine",), ("p2",), "question"),
@@ -174,6 +178,23 @@ def test_prepare_index_encodes_the_corpus_with_the_run_precision(precision):
     assert np.abs(fp32 - bf16).max() > 1e-5  # the two precisions give distinguishable vectors
     stored = index.reconstruct(np.arange(len(corpus)))
     np.testing.assert_allclose(stored, bf16 if precision == "bf16" else fp32, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("refresh_every", [2, 0])
+def test_index_refresh_re_embeds_the_corpus_with_the_trained_passage_encoder(tmp_path, refresh_every):
+    """With the passage encoder training, `index.refresh_every` re-encodes the corpus; without it the
+    checkpoint's index still holds the initial encoder's vectors."""
+    cfg = load_config(TINY_YAML, ["retriever.train_passage_encoder=true", f"index.refresh_every={refresh_every}",
+                                  "optim.lr_passage=1e-2", "train.steps=2", "train.save_every=2", "data.dev=null"])
+    checkpoint = train(cfg, tmp_path / "run")
+    stored = PassageIndex.load(checkpoint / "index")
+    corpus = load_corpus(cfg.data)
+    trained = build_model(cfg, checkpoint).retriever.passage.encode([passage_text(p) for p in corpus])
+    vectors = stored.reconstruct(np.arange(len(corpus)))
+    if refresh_every:
+        np.testing.assert_allclose(vectors, trained, rtol=0, atol=1e-6)
+    else:
+        assert np.abs(vectors - trained).max() > 1e-3
 
 
 # ---- estimators: one optimisation step each ----------------------------------------------------

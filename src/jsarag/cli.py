@@ -48,19 +48,16 @@ def index_build(config: Path = typer.Argument(..., help="YAML config (data.corpu
                 overrides: Optional[list[str]] = OVERRIDES):
     """Embed the corpus with the passage encoder and save a FAISS index with its metadata."""
     from jsarag.config import load_config
-    from jsarag.index import build_index
     from jsarag.models.retriever import Retriever
-    from jsarag.pipeline import index_config_text, load_corpus
-    from jsarag.train.distributed import autocast, setup
+    from jsarag.pipeline import encode_index, index_config_text, load_corpus
+    from jsarag.train.distributed import setup
 
     cfg = load_config(config, overrides)
     corpus = load_corpus(cfg.data)
     retriever = Retriever.from_config(cfg.retriever)
     env = setup()
     retriever.to(env.device)
-    with autocast(env.device, cfg.train.precision):
-        index = build_index(corpus, retriever.passage, factory=cfg.index.factory,
-                            search_params=cfg.index.search_params, batch_size=cfg.index.batch_size)
+    index = encode_index(cfg, corpus, retriever.passage)
     index.save(out, extra_files={"config.yaml": index_config_text(cfg)})
     typer.echo(f"indexed {len(index)} passages ({cfg.index.factory}, d={index.meta.dim}) into {out}")
 

@@ -13,6 +13,7 @@ from jsarag.config import Config, DataConfig, save_config
 from jsarag.configtools import to_dict
 from jsarag.data import Corpus, DataError, Example, load_examples
 from jsarag.index import PassageIndex, build_index
+from jsarag.models.encoder import Encoder
 from jsarag.models.generator import Generator
 from jsarag.models.pretrained import ModelNotFoundError
 from jsarag.models.rag import RAGModel
@@ -64,14 +65,21 @@ def index_config_text(cfg: Config) -> str:
                            "data": {"corpus": cfg.data.corpus}}, sort_keys=False)
 
 
+def encode_index(cfg: Config, corpus: Corpus, encoder: Encoder, *, progress: bool = True) -> PassageIndex:
+    """A new index of ``corpus`` by ``encoder``, on the device the encoder is on, under ``train.precision``
+    (bf16 encodes MiniLM about 1.7x faster on a CPU with native bf16), with the config's index settings."""
+    with autocast(encoder.device, cfg.train.precision):
+        return build_index(corpus, encoder, factory=cfg.index.factory, search_params=cfg.index.search_params,
+                           batch_size=cfg.index.batch_size, progress=progress)
+
+
 def prepare_index(cfg: Config, corpus: Corpus, model: RAGModel, *, build_dir: Path | None = None,
                   checkpoint: Path | None = None, progress: bool = True) -> PassageIndex:
     """The index this run searches, attached to the retriever.
 
     In order of preference: the index saved in the checkpoint (a trained passage encoder), the
     folder named by ``index.path``, one already built in ``build_dir``, or a new one built now (and
-    saved to ``build_dir`` when given) on the device the model is on, with ``train.precision`` as in
-    `jsarag index build` (bf16 encodes MiniLM about 1.7x faster on a CPU with native bf16).
+    saved to ``build_dir`` when given) by :func:`encode_index`.
     """
     retriever = model.retriever
     candidates = []
@@ -84,10 +92,7 @@ def prepare_index(cfg: Config, corpus: Corpus, model: RAGModel, *, build_dir: Pa
     if candidates:
         index = PassageIndex.load(candidates[0])
     else:
-        with autocast(retriever.passage.device, cfg.train.precision):
-            index = build_index(corpus, retriever.passage, factory=cfg.index.factory,
-                                search_params=cfg.index.search_params, batch_size=cfg.index.batch_size,
-                                progress=progress)
+        index = encode_index(cfg, corpus, retriever.passage, progress=progress)
         if build_dir is not None:
             index.save(build_dir, extra_files={"config.yaml": index_config_text(cfg)})
     retriever.attach(index, corpus)

@@ -24,8 +24,8 @@ from jsarag.data import Batch
 from jsarag.errors import UserError
 from jsarag.estimators import build_estimator
 from jsarag.eval.evaluate import evaluate, write_result
-from jsarag.index import PassageIndex, build_index
-from jsarag.pipeline import build_model, load_corpus, load_split, prepare_index, save_run_config
+from jsarag.index import PassageIndex
+from jsarag.pipeline import build_model, encode_index, load_corpus, load_split, prepare_index, save_run_config
 from jsarag.train import distributed as dist
 from jsarag.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from jsarag.train.logger import RunLogger
@@ -164,10 +164,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, env: dist.DistEnv) -> Path:
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
         if refresh and done % cfg.index.refresh_every == 0:  # re-embed the corpus with the new encoder
-            with dist.autocast(env.device, tc.precision):
-                index = build_index(corpus, model.retriever.passage, factory=cfg.index.factory,
-                                    search_params=cfg.index.search_params, batch_size=cfg.index.batch_size,
-                                    progress=False)
+            index = encode_index(cfg, corpus, model.retriever.passage, progress=False)
             model.retriever.attach(index, corpus)
         for updates in dist.gather_objects(estimator.pop_updates(), env):  # e.g. JSA chain caches
             estimator.apply_updates(updates)
