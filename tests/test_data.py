@@ -118,7 +118,7 @@ def test_shipped_dataset_loads_through_builtin_paths(name: str, n_passages: int,
     corpus = load_corpus(data)
     train, dev = load_split(data, "train", corpus), load_split(data, "dev", corpus)
     assert (len(corpus), len(train), len(dev)) == (n_passages, n_train, n_dev)
-    assert {e.kind for e in train + dev} == {kind}
+    assert {e.kind for e in [*train, *dev]} == {kind}
     assert not {e.id for e in train} & {e.id for e in dev}
     folder = resolve_data_path(f"builtin:{name}/corpus.jsonl").parent
     readme = (folder / "README.md").read_text(encoding="utf-8")

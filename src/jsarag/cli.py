@@ -1,7 +1,9 @@
 """The ``jsarag`` command line: thin subcommands, each calling one library function.
 
 A user's mistake (unknown config key, wrong type, missing file, bad data line, an index built for
-another corpus or encoder) prints one line on stderr and exits with code 2, writing nothing.
+another corpus or encoder, an --out folder of another kind or in use) prints one line on stderr and
+exits with code 2, writing nothing. A training run that diverges (``train.max_nonfinite_steps``
+non-finite steps in a row) prints one line and exits with code 3; its checkpoints are all finite.
 """
 
 from __future__ import annotations
@@ -15,19 +17,21 @@ from typing import Optional
 
 import typer
 
-from jsarag.errors import USER_ERRORS
+from jsarag.errors import USER_ERRORS, TrainingDivergedError
 
 app = typer.Typer(help="Train retrieval-augmented generation models end to end (JSA-RAG, RAG, VRAG).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 index_app = typer.Typer(help="Build FAISS indexes.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
+data_app = typer.Typer(help="Convert published datasets into the project's schema.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 
 OVERRIDES = typer.Argument(None, help="Config overrides, e.g. optim.lr_generator=1e-4 estimator.name=vrag",
                            show_default=False)
 
 
 def user_errors(fn):
-    """Report user mistakes as one line and exit code 2."""
+    """Report user mistakes as one line and exit code 2, a diverged training run with exit code 3."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -35,6 +39,9 @@ def user_errors(fn):
         except USER_ERRORS as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
+        except TrainingDivergedError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(3) from None
         except FileNotFoundError as err:
             typer.echo(f"error: file not found: {err.filename or err}", err=True)
             raise typer.Exit(2) from None
@@ -44,14 +51,18 @@ def user_errors(fn):
 @index_app.command("build")
 @user_errors
 def index_build(config: Path = typer.Argument(..., help="YAML config (data.corpus, retriever, index)."),
-                out: Path = typer.Option(..., "--out", help="Folder to write the index into."),
+                out: Path = typer.Option(..., "--out", help="Folder to write the index into (new or empty)."),
+                overwrite: bool = typer.Option(False, "--overwrite", help="Replace the index already in --out "
+                                               "(only its own files)."),
                 overrides: Optional[list[str]] = OVERRIDES):
     """Embed the corpus with the passage encoder and save a FAISS index with its metadata."""
     from jsarag.config import load_config
     from jsarag.models.retriever import Retriever
+    from jsarag.outdirs import check_index_out
     from jsarag.pipeline import encode_index, index_config_text, load_corpus
     from jsarag.train.distributed import setup
 
+    check_index_out(out, overwrite=overwrite)
     cfg = load_config(config, overrides)
     corpus = load_corpus(cfg.data)
     retriever = Retriever.from_config(cfg.retriever)
@@ -60,6 +71,22 @@ def index_build(config: Path = typer.Argument(..., help="YAML config (data.corpu
     index = encode_index(cfg, corpus, retriever.passage)
     index.save(out, extra_files={"config.yaml": index_config_text(cfg)})
     typer.echo(f"indexed {len(index)} passages ({cfg.index.factory}, d={index.meta.dim}) into {out}")
+
+
+@data_app.command("convert")
+@user_errors
+def data_convert(fmt: str = typer.Argument(..., metavar="FORMAT", help="dpr, msmarco, beir, kilt, orquac or doqa."),
+                 out: Path = typer.Option(..., "--out", help="New folder for corpus/ (a store) and the split files."),
+                 sources: list[str] = typer.Argument(..., metavar="SOURCE...", help="Input files, as PATH or "
+                                                     "ROLE=PATH (e.g. train=nq-train.json).")):
+    """Convert a dataset (streaming, validated) into DIR/corpus/ and DIR/{train,dev,test}.jsonl."""
+    from jsarag.data.convert import convert
+
+    summary = convert(fmt, sources, out)
+    splits = ", ".join(f"{name} {info['examples']:,}" for name, info in summary["splits"].items()) or "no splits"
+    typer.echo(f"converted {summary['corpus']['passages']:,} passages and {splits} examples into {out}")
+    keys = [f"data.corpus={out / 'corpus'}", *(f"data.{name}={out / (name + '.jsonl')}" for name in summary["splits"])]
+    typer.echo("use it with: " + " ".join(keys))
 
 
 @app.command()
@@ -90,23 +117,17 @@ def eval_cmd(target: Path = typer.Argument(..., help="A run folder (newest check
     from rich.console import Console
 
     from jsarag.eval.evaluate import evaluate, summary_table, write_result
-    from jsarag.pipeline import build_model, load_corpus, load_split, prepare_index, resolve_target
-    from jsarag.train.distributed import setup
+    from jsarag.pipeline import load_run
 
     extra = list(overrides or []) + ([f"eval.split={split}"] if split else [])
-    cfg, ckpt, run_dir = resolve_target(target, extra, checkpoint)
-    corpus = load_corpus(cfg.data)
-    examples = load_split(cfg.data, cfg.eval.split, corpus, cfg.data.max_eval_examples)
-    env = setup()
-    model = build_model(cfg, ckpt).to(env.device)
-    build_dir = run_dir / "index" if run_dir is not None else None
-    prepare_index(cfg, corpus, model, build_dir=build_dir, checkpoint=ckpt)
-    result = evaluate(model, examples, cfg.eval, device=env.device, precision=cfg.train.precision)
-    destination = out or (run_dir / "eval" / cfg.eval.split if run_dir is not None else None)
+    run = load_run(target, extra, checkpoint=checkpoint)
+    examples = run.split()
+    result = evaluate(run.model, examples, run.cfg.eval, device=run.device, precision=run.cfg.train.precision)
+    destination = out or (run.run_dir / "eval" / run.cfg.eval.split if run.run_dir is not None else None)
     if destination is not None:
         write_result(result, destination)
-    Console().print(summary_table({str(ckpt.name if ckpt else "untrained"): result.summary},
-                                  title=f"{cfg.eval.split} ({len(examples)} examples)"))
+    name = run.checkpoint.name if run.checkpoint else "untrained"
+    Console().print(summary_table({name: result.summary}, title=f"{run.cfg.eval.split} ({len(examples)} examples)"))
 
 
 @app.command()
@@ -117,27 +138,19 @@ def ask(target: Path = typer.Argument(..., help="A run folder or a config file."
         overrides: Optional[list[str]] = OVERRIDES):
     """Answer questions: shows the retrieved passages with their scores, then the answer."""
     from jsarag.eval.ask import answer_and_show
-    from jsarag.pipeline import build_model, load_corpus, load_split, prepare_index, resolve_target
-    from jsarag.train.distributed import setup
+    from jsarag.pipeline import load_run
 
-    cfg, ckpt, run_dir = resolve_target(target, overrides)
-    if top_k is not None:
-        cfg.eval.top_k = top_k
-    corpus = load_corpus(cfg.data)
-    split = next((s for s in ("train", "dev", "test") if getattr(cfg.data, s)), None)
-    kind = load_split(cfg.data, split, corpus, limit=1)[0].kind if split else "question"
-    env = setup()
-    model = build_model(cfg, ckpt).to(env.device)
-    prepare_index(cfg, corpus, model, build_dir=run_dir / "index" if run_dir else None, checkpoint=ckpt,
-                  progress=False)
+    extra = [*(overrides or []), *([f"eval.top_k={top_k}"] if top_k is not None else [])]
+    run = load_run(target, extra, progress=False)
+    model, cfg, kind = run.model, run.cfg, run.kind
     if question is not None:
-        answer_and_show(model, question, cfg, env.device, kind)
+        answer_and_show(model, question, cfg, run.device, kind)
         return
     typer.echo("Ask a question (empty line or Ctrl-D to quit).")
     for line in sys.stdin if not sys.stdin.isatty() else iter(lambda: input("> "), ""):
         if not line.strip():
             break
-        answer_and_show(model, line.strip(), cfg, env.device, kind)
+        answer_and_show(model, line.strip(), cfg, run.device, kind)
 
 
 @app.command()

@@ -6,19 +6,23 @@ in the same way and fails with the same messages.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from jsarag.config import Config, DataConfig, save_config
 from jsarag.configtools import to_dict
-from jsarag.data import Corpus, DataError, Example, load_examples
+from jsarag.data import Corpus, DataError, Examples, open_corpus, open_split
 from jsarag.index import PassageIndex, build_index
 from jsarag.models.encoder import Encoder
 from jsarag.models.generator import Generator
 from jsarag.models.pretrained import ModelNotFoundError
 from jsarag.models.rag import RAGModel
 from jsarag.models.retriever import Retriever
-from jsarag.train.distributed import autocast
+from jsarag.train.distributed import autocast, setup
 
 BUILTIN_DATA = "builtin:"
 
@@ -32,30 +36,44 @@ def resolve_data_path(path: str) -> Path:
     return Path(path)
 
 
-def load_corpus(cfg: DataConfig) -> Corpus:
+def load_corpus(cfg: DataConfig, *, progress: bool = True) -> Corpus:
+    """The run's corpus, memory-mapped from its store (a data file is converted once into a cached store)."""
     if not cfg.corpus:
         raise DataError("config", None, "data.corpus", "no corpus given")
-    return Corpus.from_jsonl(resolve_data_path(cfg.corpus))
+    return open_corpus(resolve_data_path(cfg.corpus), progress=progress)
 
 
-def load_split(cfg: DataConfig, split: str, corpus: Corpus, limit: int | None = None) -> list[Example]:
+def load_split(cfg: DataConfig, split: str, corpus: Corpus, limit: int | None = None, *,
+               progress: bool = True) -> Examples:
+    """A split's examples, memory-mapped from its store (checked against ``corpus``); the first ``limit``."""
     path = getattr(cfg, split)
     if path is None:
         raise DataError("config", None, f"data.{split}", f"no {split} file given")
-    examples = load_examples(resolve_data_path(path), corpus)
+    examples = open_split(resolve_data_path(path), corpus, progress=progress)
     return examples[:limit] if limit is not None else examples
 
 
 def build_model(cfg: Config, checkpoint: str | Path | None = None) -> RAGModel:
     """Retriever and generator from the config, with weights from ``checkpoint`` when given."""
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    try:
-        retriever = Retriever.from_config(cfg.retriever, ckpt / "retriever" if ckpt else None)
+    with _model_errors():
         generator = Generator.from_config(cfg.generator, ckpt / "generator" if ckpt else None)
+    return RAGModel(build_retriever(cfg, ckpt), generator)
+
+
+def build_retriever(cfg: Config, checkpoint: str | Path | None = None) -> Retriever:
+    """The three encoders from the config, with weights from ``checkpoint`` when given."""
+    with _model_errors():
+        return Retriever.from_config(cfg.retriever, Path(checkpoint) / "retriever" if checkpoint else None)
+
+
+@contextlib.contextmanager
+def _model_errors():
+    try:
+        yield
     except OSError as err:  # transformers' way of saying "no such model here or on the hub"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelNotFoundError(f"cannot load a model: {first}") from None
-    return RAGModel(retriever, generator)
 
 
 def index_config_text(cfg: Config) -> str:
@@ -73,15 +91,15 @@ def encode_index(cfg: Config, corpus: Corpus, encoder: Encoder, *, progress: boo
                            batch_size=cfg.index.batch_size, progress=progress)
 
 
-def prepare_index(cfg: Config, corpus: Corpus, model: RAGModel, *, build_dir: Path | None = None,
+def prepare_index(cfg: Config, corpus: Corpus, model: RAGModel | Retriever, *, build_dir: Path | None = None,
                   checkpoint: Path | None = None, progress: bool = True) -> PassageIndex:
-    """The index this run searches, attached to the retriever.
+    """The index this run searches, attached to the retriever (``model``'s, or ``model`` itself).
 
     In order of preference: the index saved in the checkpoint (a trained passage encoder), the
     folder named by ``index.path``, one already built in ``build_dir``, or a new one built now (and
     saved to ``build_dir`` when given) by :func:`encode_index`.
     """
-    retriever = model.retriever
+    retriever = model.retriever if isinstance(model, RAGModel) else model
     candidates = []
     if checkpoint is not None and (Path(checkpoint) / "index").is_dir():
         candidates.append(Path(checkpoint) / "index")
@@ -126,3 +144,60 @@ def resolve_target(target: str | Path, overrides: list[str] | None = None,
             raise UserError(f"{ckpt} is not a complete checkpoint")
         return cfg, ckpt, target
     return load_config(target, overrides), (Path(checkpoint) if checkpoint else None), None
+
+
+@dataclass
+class Run:
+    """Everything a command works with: config, corpus, models on their device, the index they search."""
+
+    cfg: Config
+    corpus: Corpus
+    retriever: Retriever
+    model: RAGModel | None  # None when only the retriever was asked for
+    index: PassageIndex
+    device: torch.device
+    checkpoint: Path | None = None
+    run_dir: Path | None = None
+
+    def split(self, name: str | None = None, limit: int | None = -1) -> Examples:
+        """A split's examples (default ``eval.split``), at most ``limit`` (default ``data.max_eval_examples``)."""
+        limit = self.cfg.data.max_eval_examples if limit == -1 else limit
+        return load_split(self.cfg.data, name or self.cfg.eval.split, self.corpus, limit)
+
+    @property
+    def kind(self) -> str:
+        """``question`` or ``context``: the kind of the first split the config names (its prompt)."""
+        split = next((s for s in ("train", "dev", "test") if getattr(self.cfg.data, s)), None)
+        return self.split(split, limit=None).kind if split else "question"
+
+    def autocast(self):
+        return autocast(self.device, self.cfg.train.precision)
+
+
+def load_run(target: str | Path | Config, overrides: list[str] | None = None, *,
+             checkpoint: str | Path | None = None, build_dir: Path | None = None, generator: bool = True,
+             progress: bool = True) -> Run:
+    """The one place that puts corpus, models, index and device together (every command but ``train``).
+
+    ``target`` is a run folder (its saved config, newest or given checkpoint, and index), a config file,
+    or a :class:`Config` (untrained models). The index is the checkpoint's, ``index.path``, the one in
+    ``build_dir`` (default: the run folder's ``index/``), or one built now (and saved into ``build_dir``).
+    ``generator=False`` loads the retriever only.
+    """
+    if isinstance(target, Config):
+        cfg, ckpt, run_dir = target, (Path(checkpoint) if checkpoint is not None else None), None
+    else:
+        cfg, ckpt, run_dir = resolve_target(target, overrides, checkpoint)
+    if build_dir is None and run_dir is not None:
+        build_dir = run_dir / "index"
+    corpus = load_corpus(cfg.data, progress=progress)
+    device = setup().device
+    if generator:
+        model = build_model(cfg, ckpt).to(device)
+        retriever = model.retriever
+    else:
+        model = None
+        retriever = build_retriever(cfg, ckpt).to(device)
+    index = prepare_index(cfg, corpus, retriever, build_dir=build_dir, checkpoint=ckpt, progress=progress)
+    return Run(cfg=cfg, corpus=corpus, retriever=retriever, model=model, index=index, device=device,
+               checkpoint=ckpt, run_dir=run_dir)

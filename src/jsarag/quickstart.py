@@ -21,8 +21,8 @@ from rich.console import Console
 from jsarag.config import load_config
 from jsarag.errors import UserError
 from jsarag.eval.evaluate import evaluate, summary_table, write_result
-from jsarag.pipeline import build_model, load_corpus, load_split, prepare_index
-from jsarag.train.distributed import setup
+from jsarag.outdirs import is_empty, is_quickstart
+from jsarag.pipeline import load_run
 from jsarag.train.loop import train
 
 
@@ -34,9 +34,8 @@ def _clear_previous(out: Path) -> None:
     """The quickstart is rerunnable: it replaces its own previous run, never another folder."""
     if not out.exists():
         return
-    if not (out / "quickstart.json").is_file() and not (out / "eval_before").is_dir():
-        if any(out.iterdir()):
-            raise UserError(f"{out} exists and is not a quickstart run; choose another --out")
+    if not is_quickstart(out) and not is_empty(out):
+        raise UserError(f"{out} exists and is not a quickstart run; choose another --out")
     shutil.rmtree(out)
 
 
@@ -46,18 +45,14 @@ def run_quickstart(out: str | Path, overrides: list[str]) -> dict:
     began = time.perf_counter()
     cfg = load_config(quickstart_config_path(), overrides)
     _clear_previous(out)
-    corpus = load_corpus(cfg.data)
-    dev = load_split(cfg.data, cfg.eval.split, corpus, cfg.data.max_eval_examples)
-    env = setup()
-
     console.rule("1-2. offline models and index")
-    model = build_model(cfg).to(env.device)
-    prepare_index(cfg, corpus, model, build_dir=out / "index")
+    run = load_run(cfg, build_dir=out / "index")
+    dev = run.split()
 
     console.rule(f"3. evaluate the untrained model ({len(dev)} dev examples)")
-    before = evaluate(model, dev, cfg.eval, device=env.device, precision=cfg.train.precision)
+    before = evaluate(run.model, dev, cfg.eval, device=run.device, precision=cfg.train.precision)
     write_result(before, out / "eval_before")
-    del model
+    del run
 
     console.rule(f"4. train JSA-RAG ({cfg.train.steps} steps x {cfg.train.batch_size} examples)")
     trained_at = time.perf_counter()

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from jsarag.data.schema import Corpus, Example
+from jsarag.data.schema import Example
+from jsarag.data.store import Corpus
 
 
 @dataclass

@@ -15,15 +15,16 @@ files still load.
 from __future__ import annotations
 
 import codecs
-import hashlib
 import json
-import operator
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Corpus", "DataError", "Example", "Passage", "load_examples"]
+if TYPE_CHECKING:
+    from jsarag.data.store import Corpus
+
+__all__ = ["DataError", "Example", "Passage", "load_examples"]
 
 QUESTION = "question"
 CONTEXT = "context"
@@ -82,104 +83,6 @@ class Example:
     answers: tuple[str, ...]
     positive_ids: tuple[str, ...]
     kind: str
-
-
-class Corpus:
-    """An ordered knowledge base. Row i (0-based int) is the i-th passage; FAISS rows use the same numbering.
-
-    Passage ids are unique, so ``row(passage_id)`` and ``corpus[row]`` are inverse mappings.
-    """
-
-    source: str
-
-    def __init__(self, passages: Sequence[Passage], source: str = "<memory>"):
-        """Validate and index ``passages``; raises :class:`DataError` (line = index + 1) if one is bad."""
-        self._setup(passages, source, range(1, len(passages) + 1))
-
-    def _setup(self, passages: Sequence[Passage], source: str, lines: Sequence[int]) -> None:
-        # Shared by __init__ and the loaders, which pass real file line numbers (blank lines shift
-        # them away from index + 1).
-        if not passages:
-            raise DataError(source, None, None, "no passages")
-        rows: dict[str, int] = {}
-        for row, (passage, line) in enumerate(zip(passages, lines, strict=True)):
-            _check_passage(passage, source, line)
-            earlier = rows.setdefault(passage.id, row)
-            if earlier != row:
-                problem = f"duplicate id {passage.id!r}; first used at {source}:{lines[earlier]}"
-                raise DataError(source, line, "id", problem)
-        self.source = source
-        self._passages = tuple(passages)
-        self._rows = rows
-        self._fingerprint: str | None = None
-
-    @classmethod
-    def from_jsonl(cls, path: str | os.PathLike) -> Corpus:
-        """Load a ``corpus.jsonl`` file; its rows follow the file's line order."""
-        source = os.fspath(path)
-        return cls._from_numbered(_read_jsonl(source), source)
-
-    @classmethod
-    def from_records(cls, records: Iterable[Mapping], source: str = "<records>") -> Corpus:
-        """Build from dicts with ``id``, ``text`` and optional ``title``, e.g. a ``datasets.Dataset``."""
-        return cls._from_numbered(enumerate(records, start=1), source)
-
-    @classmethod
-    def _from_numbered(cls, numbered: Iterable[tuple[int, Any]], source: str) -> Corpus:
-        passages: list[Passage] = []
-        lines: list[int] = []
-        for line, record in numbered:
-            passages.append(_passage_from_record(record, source, line))
-            lines.append(line)
-        corpus = cls.__new__(cls)
-        corpus._setup(passages, source, lines)
-        return corpus
-
-    def __len__(self) -> int:
-        return len(self._passages)
-
-    def __getitem__(self, row: int) -> Passage:
-        """The passage at 0-based ``row``. Accepts NumPy integers, as returned by FAISS."""
-        row = operator.index(row)
-        # FAISS reports "no result" as -1; Python's negative indexing would silently turn that
-        # into the last passage, so negative rows are rejected.
-        if not 0 <= row < len(self._passages):
-            raise IndexError(f"row {row} out of range for corpus {self.source} of {len(self)} passages")
-        return self._passages[row]
-
-    def row(self, passage_id: str) -> int:
-        """The 0-based row of ``passage_id``; ``KeyError`` if the corpus has no such passage."""
-        try:
-            return self._rows[passage_id]
-        except KeyError:
-            raise KeyError(f"passage id {passage_id!r} is not in corpus {self.source}") from None
-
-    def has(self, passage_id: str) -> bool:
-        return passage_id in self._rows
-
-    @property
-    def ids(self) -> list[str]:
-        """All passage ids in row order (a new list; changing it does not change the corpus)."""
-        return list(self._rows)
-
-    def fingerprint(self) -> str:
-        """SHA-256 hex digest of every id, title and text in row order.
-
-        Identifies the corpus content (not its file name), so that a saved index or cache built
-        from a different corpus can be detected.
-        """
-        if self._fingerprint is None:
-            digest = hashlib.sha256()
-            for p in self._passages:
-                # A JSON array per line is unambiguous: no choice of field values can make two
-                # different corpora encode to the same bytes.
-                digest.update(json.dumps([p.id, p.title, p.text], ensure_ascii=False).encode("utf-8"))
-                digest.update(b"\n")
-            self._fingerprint = digest.hexdigest()
-        return self._fingerprint
-
-    def __repr__(self) -> str:
-        return f"Corpus(source={self.source!r}, passages={len(self)})"
 
 
 def load_examples(

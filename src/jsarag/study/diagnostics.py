@@ -12,11 +12,8 @@ import torch
 
 from jsarag.config import load_config
 from jsarag.eval.metrics import recall_at_k
-from jsarag.index import PassageIndex
-from jsarag.models.retriever import Retriever
-from jsarag.pipeline import load_corpus, load_split
+from jsarag.pipeline import load_run
 from jsarag.train.checkpoint import latest_checkpoint
-from jsarag.train.distributed import autocast
 
 
 def run_state(run_dir: str | Path):
@@ -42,17 +39,15 @@ def retriever_recall(cfg, checkpoint: Path | None, index_dir: Path, *, ks: tuple
                      batch_size: int = 64) -> dict[str, float]:
     """Recall@k of the prior (x) and posterior (x [SEP] y) retrievers on the config's eval split;
     untrained retrievers when ``checkpoint`` is None."""
-    corpus = load_corpus(cfg.data)
-    examples = load_split(cfg.data, cfg.eval.split, corpus, cfg.data.max_eval_examples)
-    retriever = Retriever.from_config(cfg.retriever, checkpoint / "retriever" if checkpoint else None)
-    retriever.attach(PassageIndex.load(index_dir), corpus)
+    run = load_run(cfg, checkpoint=checkpoint, build_dir=index_dir, generator=False, progress=False)
+    corpus, retriever, examples = run.corpus, run.retriever, run.split()
     retriever.eval()
     depth = max(ks)
     found: dict[str, list[list[str]]] = {"prior": [], "posterior": []}
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
         queries, answers = [e.query for e in chunk], [e.answers[0] for e in chunk]
-        with autocast(torch.device("cpu"), cfg.train.precision):
+        with run.autocast():
             vectors = {"prior": retriever.prior_vectors(queries),
                        "posterior": retriever.posterior_vectors(queries, answers)}
         for name, v in vectors.items():
@@ -77,12 +72,9 @@ def learning_signal(cfg, checkpoint: Path | None, index_dir: Path, *, split: str
     When ``posterior_gold_mass`` is not above ``prior_gold_mass``, moving the prior towards the posterior
     does not, on average, move it towards the gold passages.
     """
-    from jsarag.pipeline import build_model
-
-    corpus = load_corpus(cfg.data)
-    examples = [e for e in load_split(cfg.data, split, corpus, None) if e.positive_ids][:limit]
-    model = build_model(cfg, checkpoint)
-    model.retriever.attach(PassageIndex.load(index_dir), corpus)
+    run = load_run(cfg, checkpoint=checkpoint, build_dir=index_dir, progress=False)
+    corpus, model = run.corpus, run.model
+    examples = [e for e in run.split(split, limit=None) if e.positive_ids][:limit]
     model.eval()
     retriever, generator, k = model.retriever, model.generator, cfg.estimator.top_k
     hits = {"prior_top1": 0.0, "likelihood_top1": 0.0, "posterior_top1": 0.0}
@@ -90,7 +82,7 @@ def learning_signal(cfg, checkpoint: Path | None, index_dir: Path, *, split: str
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
         queries, answers = [e.query for e in chunk], [e.answers[0] for e in chunk]
-        with autocast(torch.device("cpu"), cfg.train.precision):
+        with run.autocast():
             prior_vectors = retriever.prior_vectors(queries)
         top = retriever.search(prior_vectors, k + 1).tolist()
         rows, gold = [], []
@@ -99,12 +91,12 @@ def learning_signal(cfg, checkpoint: Path | None, index_dir: Path, *, split: str
             row = ranked if gold_row in ranked else ranked[:k] + [gold_row]
             rows.append(row)
             gold.append(row.index(gold_row))
-        rows_t = torch.tensor(rows)
-        with autocast(torch.device("cpu"), cfg.train.precision):
+        rows_t = torch.tensor(rows, device=run.device)
+        with run.autocast():
             log_prior = retriever.log_probs(prior_vectors, rows_t).float()  # queries encoded once
             log_lik = generator.sequence_logprob(queries, chunk[0].kind, retriever.passages(rows_t), answers).float()
         log_post = torch.log_softmax(log_prior + log_lik, dim=-1)
-        g = torch.tensor(gold)[:, None]
+        g = torch.tensor(gold, device=run.device)[:, None]
         for name, scores in (("prior_top1", log_prior), ("likelihood_top1", log_lik), ("posterior_top1", log_post)):
             hits[name] += (scores.argmax(-1, keepdim=True) == g).float().sum().item()
         mass["prior_gold_mass"] += log_prior.gather(1, g).exp().sum().item()

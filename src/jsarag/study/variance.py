@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from jsarag.config import load_config
 from jsarag.data import Batch
 from jsarag.estimators import build_estimator
-from jsarag.pipeline import build_model, load_corpus, load_split, prepare_index
+from jsarag.pipeline import load_run
 from jsarag.study.methods import DETERMINISTIC, METHODS
 from jsarag.train import distributed as dist
 
@@ -56,13 +56,9 @@ def _flat_grad(module: torch.nn.Module) -> torch.Tensor:
 def gradient_variance(config: str | Path, overrides: list[str], methods: list[str], *, draws: int = 20,
                       batch_size: int = 4, seed: int = 0, progress: bool = True) -> dict[str, dict]:
     """{method: {component: log summed variance, or the string 'deterministic'}}."""
-    base = load_config(config, overrides)
-    corpus = load_corpus(base.data)
-    examples = load_split(base.data, "train", corpus)[:batch_size]
-    batch = Batch.from_examples(examples)
-    env = dist.setup()
-    model = build_model(base).to(env.device)
-    prepare_index(base, corpus, model, progress=progress)
+    run = load_run(config, overrides, progress=progress)
+    batch = Batch.from_examples(run.split("train", limit=batch_size))
+    model = run.model
     model.eval()
     results: dict[str, dict] = {}
     for method in methods:
@@ -76,7 +72,7 @@ def gradient_variance(config: str | Path, overrides: list[str], methods: list[st
         for n in tqdm(range(draws), desc=f"variance {method}", disable=not progress):
             torch.manual_seed(seed * 100_003 + n)
             model.zero_grad(set_to_none=True)
-            with dist.autocast(env.device, cfg.train.precision):
+            with dist.autocast(run.device, cfg.train.precision):
                 loss, _ = model(batch, estimator)
             loss.backward()
             for part in PARTS:

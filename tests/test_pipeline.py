@@ -1,0 +1,40 @@
+"""`load_run`: the one place that assembles corpus, models, index and device; and the README's example."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from helpers import REPO
+
+from jsarag.config import load_config
+from jsarag.data import Corpus, Examples
+from jsarag.pipeline import load_run
+
+TINY = REPO / "configs" / "tiny.yaml"
+
+
+def test_load_run_from_a_config_file_and_a_config_object(tmp_path):
+    run = load_run(TINY, ["eval.split=dev"], progress=False)
+    assert isinstance(run.corpus, Corpus) and len(run.corpus) == 185
+    assert run.retriever is run.model.retriever and run.retriever.index is run.index
+    assert run.retriever.corpus is run.corpus and len(run.index) == len(run.corpus)
+    assert run.device == torch.device("cpu") and run.checkpoint is None and run.run_dir is None
+    dev = run.split()
+    assert isinstance(dev, Examples) and len(dev) == 8  # data.max_eval_examples in tiny.yaml
+    assert len(run.split("train", limit=None)) == 964 and run.kind == "question"
+    # A Config object and build_dir: the index is built once, saved, and found there the next time.
+    cfg = load_config(TINY)
+    first = load_run(cfg, build_dir=tmp_path / "index", generator=False, progress=False)
+    assert first.model is None and (tmp_path / "index" / "meta.json").is_file()
+    again = load_run(cfg, build_dir=tmp_path / "index", generator=False, progress=False)
+    assert again.index.location == str(tmp_path / "index")
+
+
+def test_readme_python_example_runs(monkeypatch):
+    monkeypatch.chdir(REPO)  # the example names configs/tiny.yaml relative to the checkout
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    code = re.search(r"From Python:\s+```python\n(.*?)```", readme, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert torch.isfinite(namespace["loss"]) and "accept_rate" in namespace["metrics"]
