@@ -125,9 +125,13 @@ class TrainConfig:
     tensorboard: bool = True
     progress: bool = True
     freeze: list[str] = field(default_factory=list)  # components kept frozen, e.g. [prior] for a fixed retriever
+    max_nonfinite_steps: int = 5  # consecutive steps skipped for a non-finite loss or gradient before the run stops
 
     def validate(self) -> None:
         from jsarag.models.rag import COMPONENTS
+
+        if self.max_nonfinite_steps < 1:
+            raise ValueError(f"train.max_nonfinite_steps={self.max_nonfinite_steps} is out of range (at least 1)")
 
         unknown = sorted(set(self.freeze) - set(COMPONENTS))
         if unknown:

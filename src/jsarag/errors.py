@@ -12,4 +12,8 @@ class UserError(ValueError):
     """A mistake in how a command was called (e.g. an existing run folder without --resume)."""
 
 
+class TrainingDivergedError(RuntimeError):
+    """Training stopped on non-finite losses, gradients or weights (the CLI exits with code 3)."""
+
+
 USER_ERRORS = (UserError, ConfigError, DataError, IndexMismatchError, ModelNotFoundError)

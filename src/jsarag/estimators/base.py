@@ -94,8 +94,15 @@ def weighted_sum(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 
 def sample_candidates(log_probs: torch.Tensor, num: int, generator: torch.Generator | None = None
                       ) -> torch.Tensor:
-    """``num`` i.i.d. draws (with replacement) from each row's categorical: [B, K] -> [B, num]."""
-    return torch.multinomial(log_probs.detach().exp(), num, replacement=True, generator=generator)
+    """``num`` i.i.d. draws (with replacement) from each row's categorical: [B, K] -> [B, num].
+
+    A row that is not a distribution (a diverged model's NaN) draws uniformly, so that the step completes
+    with a non-finite loss, which the training loop skips.
+    """
+    probs = log_probs.detach().exp()
+    valid = torch.isfinite(probs).all(-1, keepdim=True) & (probs.sum(-1, keepdim=True) > 0)
+    probs = torch.where(valid, probs, torch.ones_like(probs))
+    return torch.multinomial(probs, num, replacement=True, generator=generator)
 
 
 def count_states(states: torch.Tensor, num_candidates: int) -> torch.Tensor:

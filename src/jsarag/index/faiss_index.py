@@ -2,8 +2,9 @@
 
 Row ``i`` of the index is row ``i`` of the corpus. The folder holds ``index.faiss`` and ``meta.json``
 (factory string, dimension, passage count, corpus hash, and the identity of the passage encoder:
-name, weight fingerprint, pooling, normalisation, maximum length). Loading checks the corpus and the
-encoder, so an index can never silently serve vectors from another corpus or model.
+name, weight fingerprint, pooling, normalisation, maximum length; and the files the save wrote).
+Loading checks the corpus and the encoder, so an index can never silently serve vectors from another
+corpus or model. A save replaces only those files: the folder may hold other files (a user's notes) too.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import datetime as _dt
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,8 @@ import numpy as np
 
 INDEX_FILE = "index.faiss"
 META_FILE = "meta.json"
+STAGING_DIR = ".index-save"  # a save being written; discarded by the next save if it was interrupted
+COMMIT_DIR = ".index-commit"  # a complete save whose files are being moved into place
 
 
 class IndexMismatchError(ValueError):
@@ -105,28 +107,48 @@ class PassageIndex:
                         f"{key}={_short(str(encoder[key]))}); rebuild it with `jsarag index build`")
 
     def save(self, path: str | os.PathLike, extra_files: dict[str, str] | None = None) -> None:
-        """Write the folder atomically: a crash leaves either the old folder or the new one."""
+        """Write the index's files into the folder ``path`` (created if missing), beside anything else there.
+
+        Only the index's own files are replaced: those written now and those the previous save listed in
+        meta.json; nothing else in the folder is touched. The files are written into a hidden staging
+        folder; renaming it to the commit folder is the moment the new index counts as saved, and its files
+        are then moved into place. A crash before the commit leaves the old index; after it, the next save
+        or load finishes moving the new one.
+        """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
-            faiss.write_index(self.index, str(tmp / INDEX_FILE))
-            (tmp / META_FILE).write_text(json.dumps(asdict(self.meta), indent=2))
-            for name, text in (extra_files or {}).items():
-                (tmp / name).write_text(text)
-            _replace_dir(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        path.mkdir(parents=True, exist_ok=True)
+        _finish_interrupted_save(path, discard_staging=True)
+        staging = path / STAGING_DIR
+        staging.mkdir()
+        files = sorted({INDEX_FILE, META_FILE, *(extra_files or {})})
+        faiss.write_index(self.index, str(staging / INDEX_FILE))
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text)
+        (staging / META_FILE).write_text(json.dumps({**asdict(self.meta), "files": files}, indent=2))
+        stale = set(_own_files(path)) - set(files)
+        os.rename(staging, path / COMMIT_DIR)
+        _finish_interrupted_save(path, discard_staging=False)
+        for name in stale:  # e.g. a config.yaml written by the previous save and not by this one
+            if (path / name).is_file():
+                (path / name).unlink()
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, corpus_hash: str | None = None,
              encoder: dict[str, Any] | None = None) -> "PassageIndex":
         path = Path(path)
+        if (path / COMMIT_DIR).is_dir():
+            try:
+                _finish_interrupted_save(path, discard_staging=False)
+            except OSError as err:
+                raise IndexMismatchError(f"the index at {path} was saved only in part and cannot be completed "
+                                         f"here ({err.strerror}); save it again") from None
         if not (path / META_FILE).is_file() or not (path / INDEX_FILE).is_file():
             raise IndexMismatchError(f"no index at {path} (expected {INDEX_FILE} and {META_FILE})")
         try:
-            meta = IndexMeta(**json.loads((path / META_FILE).read_text()))
-        except (json.JSONDecodeError, TypeError) as err:
+            fields = json.loads((path / META_FILE).read_text())
+            fields.pop("files", None)  # which files the save wrote: for the next save, not part of the identity
+            meta = IndexMeta(**fields)
+        except (json.JSONDecodeError, TypeError, AttributeError) as err:
             raise IndexMismatchError(f"{path / META_FILE} is not an index description: {err}") from None
         index = cls(faiss.read_index(str(path / INDEX_FILE)), meta)
         index.location = str(path)
@@ -141,12 +163,29 @@ def _ivf_or_none(index: faiss.Index):
         return None
 
 
-def _replace_dir(new: Path, target: Path) -> None:
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(target, old)
-        os.rename(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(new, target)
+def _own_files(path: Path) -> list[str]:
+    """The files the last save into ``path`` wrote, as listed in its meta.json (none if unreadable)."""
+    try:
+        listed = json.loads((path / META_FILE).read_text()).get("files", [INDEX_FILE, META_FILE])
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return []
+    return [name for name in listed if isinstance(name, str) and name not in ("", ".", "..")
+            and name == Path(name).name]
+
+
+def _finish_interrupted_save(path: Path, *, discard_staging: bool) -> None:
+    """Move a committed save's files into place (meta.json last); optionally drop an uncommitted one."""
+    if discard_staging:
+        shutil.rmtree(path / STAGING_DIR, ignore_errors=True)
+    committed = path / COMMIT_DIR
+    if not committed.is_dir():
+        return
+    for name in sorted(os.listdir(committed), key=lambda n: n == META_FILE):
+        try:
+            os.replace(committed / name, path / name)
+        except FileNotFoundError:  # moved meanwhile by a concurrent load of the same folder
+            pass
+    try:
+        committed.rmdir()
+    except FileNotFoundError:
+        pass

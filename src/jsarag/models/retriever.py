@@ -102,7 +102,12 @@ class Retriever(nn.Module):
     @torch.no_grad()
     def search(self, vectors: torch.Tensor, k: int) -> torch.Tensor:
         """Top-``k`` corpus rows for each query vector: [B, d] -> [B, k] (long, best first)."""
-        _, rows = self._require_index().search(vectors.detach().float().cpu().numpy(), k)
+        vectors = vectors.detach().float()
+        finite = torch.isfinite(vectors).all(-1, keepdim=True)
+        # A diverged encoder's non-finite vector finds no rows; it gets k arbitrary ones (those of a zero
+        # query) so that the step still completes, with a non-finite loss, which the training loop skips.
+        vectors = torch.where(finite, vectors, torch.zeros_like(vectors))
+        _, rows = self._require_index().search(vectors.cpu().numpy(), k)
         return torch.from_numpy(rows).to(vectors.device)
 
     def candidate_vectors(self, rows: torch.Tensor) -> torch.Tensor:

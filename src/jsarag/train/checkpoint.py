@@ -12,13 +12,15 @@
 
 Everything is written into a hidden temporary folder that is renamed into place only when complete,
 and ``latest`` is replaced atomically afterwards: a kill at any moment leaves the previous checkpoint
-usable and the new one either absent or whole.
+usable and the new one either absent or whole. The temporary folders a kill leaves behind are removed
+when the run next starts (:func:`remove_interrupted_saves`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,6 +31,8 @@ from jsarag.config import Config, save_config
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+# The names tempfile gives the temporary checkpoint folders and ``latest`` files below (8 random characters).
+_TEMPORARY = re.compile(r"\.(step_\d{7}|latest)\.[a-z0-9_]{8}")
 
 
 def _name(step: int) -> str:
@@ -75,6 +79,19 @@ def _prune(root: Path, keep: int) -> None:
     done = sorted(p for p in root.glob("step_*") if p.is_dir())
     for old in done[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_interrupted_saves(run_dir: str | Path) -> list[Path]:
+    """Delete what killed saves left in ``RUN_DIR/checkpoints`` (only names this module creates);
+    return the removed paths. Call it only while holding the run's lock: a save may be in progress."""
+    root = Path(run_dir) / CHECKPOINTS
+    removed = [p for p in (root.iterdir() if root.is_dir() else ()) if _TEMPORARY.fullmatch(p.name)]
+    for path in removed:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return removed
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

@@ -90,6 +90,15 @@ def mean_across(values: dict[str, float], env: DistEnv) -> dict[str, float]:
     return dict(zip(keys, (t / env.world_size).tolist()))
 
 
+def all_true(flag: bool, env: DistEnv) -> bool:
+    """True only when ``flag`` is true on every process, so that all of them take the same branch."""
+    if not env.distributed:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=env.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
 def barrier(env: DistEnv) -> None:
     if env.distributed:
         dist.barrier()

@@ -6,10 +6,17 @@
 A step consumes one global batch of ``train.batch_size`` examples, split evenly over processes and
 then over ``train.grad_accum_steps`` micro-batches. The data order depends only on the seed and the
 step, so a resumed run sees exactly the batches an uninterrupted run would.
+
+A step whose loss or gradient norm is not finite (on any process) changes nothing but the data position;
+``train.max_nonfinite_steps`` such steps in a row stop the run (``TrainingDivergedError``), and weights
+that are not finite are never saved. The run folder is locked for the whole run (see ``jsarag.outdirs``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -18,21 +25,28 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from jsarag import outdirs
 from jsarag.config import Config, load_config
 from jsarag.configtools import to_dict
 from jsarag.data import Batch
-from jsarag.errors import UserError
+from jsarag.errors import TrainingDivergedError, UserError
 from jsarag.estimators import build_estimator
 from jsarag.eval.evaluate import evaluate, write_result
 from jsarag.index import PassageIndex
 from jsarag.pipeline import build_model, encode_index, load_corpus, load_split, prepare_index, save_run_config
 from jsarag.train import distributed as dist
-from jsarag.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
-from jsarag.train.logger import RunLogger
+from jsarag.train.checkpoint import (
+    checkpoint_step,
+    latest_checkpoint,
+    load_training_state,
+    remove_interrupted_saves,
+    save_checkpoint,
+)
+from jsarag.train.logger import RunLogger, read_metrics
 from jsarag.train.optim import build_optimizer, build_scheduler, component_parameters, grad_norms
 
 RESUMABLE_CHANGES = ("train.steps", "train.save_every", "train.eval_every", "train.log_every",
-                     "train.progress", "train.keep_checkpoints", "train.tensorboard")
+                     "train.progress", "train.keep_checkpoints", "train.tensorboard", "train.max_nonfinite_steps")
 
 
 class BatchSchedule:
@@ -76,27 +90,40 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _final_eval_logged(run_dir: Path, step: int) -> bool:
+    """Whether the final evaluation finished: its record is logged after its files are written."""
+    return any(r.get("step") == step and any(k.startswith("eval/") for k in r) for r in read_metrics(run_dir))
+
+
+def _note(env: dist.DistEnv, text: str) -> None:
+    if env.is_main:
+        print(f"note: {text}", file=sys.stderr, flush=True)
+
+
 def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, device: str = "auto") -> Path:
     """Train the RAG model of ``cfg`` into ``out_dir``; returns the final checkpoint folder."""
     env = dist.setup(device)
-    try:
-        return _train(cfg, Path(out_dir), resume, env)
-    finally:
-        dist.cleanup(env)
+    with contextlib.ExitStack() as held:  # the run folder's lock, released however the run ends
+        try:
+            return _train(cfg, Path(out_dir), resume, env, held)
+        finally:
+            dist.cleanup(env)
 
 
-def _train(cfg: Config, run_dir: Path, resume: bool, env: dist.DistEnv) -> Path:
+def _train(cfg: Config, run_dir: Path, resume: bool, env: dist.DistEnv, held: contextlib.ExitStack) -> Path:
     tc = cfg.train
     # 1. Check everything that can be wrong before writing anything.
     per_process = tc.batch_size // env.world_size
     if tc.batch_size % (env.world_size * tc.grad_accum_steps):
         raise UserError(f"train.batch_size={tc.batch_size} is not divisible by processes x "
                         f"grad_accum_steps = {env.world_size} x {tc.grad_accum_steps}")
-    checkpoint = latest_checkpoint(run_dir) if resume else None
-    if resume and (run_dir / "config.yaml").is_file():
+    existing = outdirs.check_run_out(run_dir, resume=resume)  # a folder of another kind is refused untouched
+    checkpoint = latest_checkpoint(run_dir) if existing else None
+    if existing and (run_dir / "config.yaml").is_file():
         _check_resume(cfg, run_dir)
-    elif not resume and ((run_dir / "config.yaml").exists() or latest_checkpoint(run_dir) is not None):
-        raise UserError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
+    if checkpoint is not None and checkpoint_step(checkpoint) > tc.steps:
+        raise UserError(f"train.steps={tc.steps} is below the step of the newest checkpoint, "
+                        f"{checkpoint_step(checkpoint)} ({checkpoint})")
     corpus = load_corpus(cfg.data)
     train_set = load_split(cfg.data, "train", corpus, cfg.data.max_train_examples)
     eval_split = cfg.eval.split
@@ -106,6 +133,15 @@ def _train(cfg: Config, run_dir: Path, resume: bool, env: dist.DistEnv) -> Path:
         raise UserError(f"{len(train_set)} training examples cannot fill a batch of {per_process}")
     if cfg.index.path is not None and checkpoint is None:  # the corpus check needs no model
         PassageIndex.load(cfg.index.path, corpus_hash=corpus.fingerprint())
+    if env.is_main:  # from here on the folder is ours: locked, then cleared of killed saves' leftovers
+        held.enter_context(outdirs.RunLock(run_dir))
+        if not existing and outdirs.is_run(run_dir):
+            raise UserError(f"{run_dir} already holds a run, started meanwhile by another process")
+        if remove_interrupted_saves(run_dir):
+            _note(env, "removed the temporary folders of interrupted checkpoint saves")
+    if resume:
+        _note(env, f"resuming from {checkpoint}" if checkpoint is not None
+              else f"{run_dir} holds no checkpoint: --resume starts the run from scratch")
 
     # 2. Models, estimator, index. The seed comes first: LoRA and fresh heads initialise randomly.
     dist.seed_everything(tc.seed)
@@ -145,22 +181,29 @@ def _train(cfg: Config, run_dir: Path, resume: bool, env: dist.DistEnv) -> Path:
     # 3. Optimisation steps.
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc="training", disable=not show)
     final = None
+    skipped = 0  # consecutive steps without an update
     for step in bar:
         began = time.perf_counter()
         micro = schedule.micro_batches(step, env.rank, env.world_size, tc.grad_accum_steps)
         sums: dict[str, float] = defaultdict(float)
+        finite = True
         for i, indices in enumerate(micro):
             batch = Batch.from_examples([train_set[j] for j in indices])
             with dist.no_sync(ddp, i < len(micro) - 1), dist.autocast(env.device, tc.precision):
                 loss, metrics = ddp(batch, estimator)
             (loss / len(micro)).backward()
+            finite = finite and bool(torch.isfinite(loss.detach()).item())
             for key, value in metrics.items():
                 sums[key] += value / len(micro)
         norms = grad_norms(params)
         torch.nn.utils.clip_grad_norm_(trainable_params, cfg.optim.max_grad_norm)
         lrs = {f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups if "no_decay" not in g["name"]}
-        optimizer.step()
-        scheduler.step()
+        # A non-finite loss or gradient on any process skips the update on all of them (replicas stay equal).
+        finite = dist.all_true(finite and all(math.isfinite(v) for v in norms.values()), env)
+        if finite:
+            optimizer.step()
+            scheduler.step()
+        skipped = 0 if finite else skipped + 1
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
         if refresh and done % cfg.index.refresh_every == 0:  # re-embed the corpus with the new encoder
@@ -172,12 +215,23 @@ def _train(cfg: Config, run_dir: Path, resume: bool, env: dist.DistEnv) -> Path:
         record.update({f"grad_norm/{k}": v for k, v in norms.items()})
         record.update(lrs)
         record["seconds"] = time.perf_counter() - began
+        if not finite:
+            record["skipped_nonfinite"] = skipped
         if done == tc.steps:
             record["peak_memory_mib"] = dist.peak_memory_mib(env)
-        if done % tc.log_every == 0 or done == tc.steps:
+        if done % tc.log_every == 0 or done == tc.steps or not finite:
             logger.log(done, record)
         bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "accept_rate") if k in record})
+        if skipped >= tc.max_nonfinite_steps:
+            raise TrainingDivergedError(
+                f"training stopped at step {done}: {skipped} steps in a row had a non-finite loss or gradient "
+                f"norm (train.max_nonfinite_steps={tc.max_nonfinite_steps}); lower the learning rates; newest "
+                f"checkpoint: {latest_checkpoint(run_dir) or 'none'}")
         if done % tc.save_every == 0 or done == tc.steps:
+            if not dist.all_true(all(bool(torch.isfinite(p).all()) for p in trainable_params), env):
+                raise TrainingDivergedError(f"training stopped at step {done}: the weights are no longer finite "
+                                            f"(not saved); lower the learning rates; newest checkpoint: "
+                                            f"{latest_checkpoint(run_dir) or 'none'}")
             if env.distributed:  # DDP must keep replicas identical; record the proof in the log
                 logger.log(done, {"dist/param_spread": dist.spread_across(trainable_params, env)})
             rng_states = dist.gather_objects(dist.rng_state(), env)
@@ -186,11 +240,16 @@ def _train(cfg: Config, run_dir: Path, resume: bool, env: dist.DistEnv) -> Path:
                                         estimator=estimator, cfg=cfg, rng_states=rng_states, keep=tc.keep_checkpoints,
                                         index=index if cfg.retriever.train_passage_encoder else None)
             dist.barrier(env)
-        if dev_set and env.is_main and ((tc.eval_every and done % tc.eval_every == 0) or done == tc.steps):
+        if dev_set and env.is_main and tc.eval_every and done % tc.eval_every == 0 and done < tc.steps:
             result = evaluate(model, dev_set, cfg.eval, device=env.device, precision=tc.precision, progress=show)
             logger.log(done, {f"eval/{k}": v for k, v in result.summary.items()})
-            if done == tc.steps:
-                write_result(result, run_dir / "eval" / eval_split)
         dist.barrier(env)
+
+    # 4. The final evaluation; also for a resumed run whose final evaluation was interrupted.
+    if dev_set and env.is_main and not _final_eval_logged(run_dir, tc.steps):
+        result = evaluate(model, dev_set, cfg.eval, device=env.device, precision=tc.precision, progress=show)
+        write_result(result, run_dir / "eval" / eval_split)
+        logger.log(tc.steps, {f"eval/{k}": v for k, v in result.summary.items()})
+    dist.barrier(env)
     logger.close()
     return final if final is not None else latest_checkpoint(run_dir)
