@@ -38,3 +38,17 @@ def test_readme_python_example_runs(monkeypatch):
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert torch.isfinite(namespace["loss"]) and "accept_rate" in namespace["metrics"]
+
+
+def test_encode_corpus_in_chunks_equals_encoding_everything_at_once(monkeypatch):
+    from jsarag.index import build
+    from jsarag.models.retriever import passage_text
+    from jsarag.pipeline import build_retriever, load_corpus
+
+    cfg = load_config(TINY)
+    corpus, encoder = load_corpus(cfg.data, progress=False), build_retriever(cfg).passage
+    monkeypatch.setattr(build, "CHUNK", 7)  # chunks that cut through the corpus's record batches
+    chunked = build.encode_corpus(corpus, encoder, batch_size=4, progress=False)
+    whole = encoder.encode([passage_text(p) for p in corpus], batch_size=4)
+    assert chunked.shape == (185, encoder.dim)
+    torch.testing.assert_close(torch.from_numpy(chunked), torch.from_numpy(whole), rtol=0, atol=1e-5)

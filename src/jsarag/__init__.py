@@ -1,19 +1,41 @@
-"""jsarag: end-to-end training of retrieval-augmented generation models (JSA-RAG, RAG, VRAG)."""
+"""jsarag: end-to-end training of retrieval-augmented generation models (JSA-RAG, RAG, VRAG).
 
-from jsarag.config import Config, load_config, save_config
-from jsarag.data import Batch, Corpus, DataError, Example, Examples, Passage, load_examples, open_corpus, open_split
-from jsarag.estimators import ESTIMATORS, build_estimator
-from jsarag.eval.evaluate import evaluate
-from jsarag.index import PassageIndex, build_index
-from jsarag.models.generator import Generator
-from jsarag.models.rag import RAGModel
-from jsarag.models.retriever import Retriever
-from jsarag.pipeline import Run, build_model, load_corpus, load_run, load_split, prepare_index
-from jsarag.train.loop import train
+The names below load on first use (PEP 562), so that ``import jsarag`` and ``jsarag --help`` do not
+import torch and transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Batch", "Config", "Corpus", "DataError", "ESTIMATORS", "Example", "Examples", "Generator", "Passage",
-           "PassageIndex", "RAGModel", "Retriever", "Run", "build_estimator", "build_index", "build_model", "evaluate",
-           "load_config", "load_corpus", "load_examples", "load_run", "load_split", "open_corpus", "open_split",
-           "prepare_index", "save_config", "train"]
+# public name -> the module that defines it
+_EXPORTS = {
+    "Config": "jsarag.config", "load_config": "jsarag.config", "save_config": "jsarag.config",
+    "Batch": "jsarag.data", "Corpus": "jsarag.data", "DataError": "jsarag.data", "Example": "jsarag.data",
+    "Examples": "jsarag.data", "Passage": "jsarag.data", "load_examples": "jsarag.data",
+    "open_corpus": "jsarag.data", "open_split": "jsarag.data",
+    "ESTIMATORS": "jsarag.estimators", "build_estimator": "jsarag.estimators",
+    "evaluate": "jsarag.eval.evaluate",
+    "PassageIndex": "jsarag.index", "build_index": "jsarag.index",
+    "Generator": "jsarag.models.generator", "RAGModel": "jsarag.models.rag", "Retriever": "jsarag.models.retriever",
+    "Run": "jsarag.pipeline", "build_model": "jsarag.pipeline", "load_corpus": "jsarag.pipeline",
+    "load_run": "jsarag.pipeline", "load_split": "jsarag.pipeline", "prepare_index": "jsarag.pipeline",
+    "train": "jsarag.train.loop",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'jsarag' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -30,11 +30,24 @@ OVERRIDES = typer.Argument(None, help="Config overrides, e.g. optim.lr_generator
                            show_default=False)
 
 
+# Verbs that load models; the others (help included) never import torch or transformers.
+LOADS_MODELS = {"index_build", "train", "eval_cmd", "ask", "quickstart", "compare", "variance"}
+
+
+def _quiet_model_loading() -> None:
+    """jsarag shows its own progress bars; transformers' per-load "Loading weights" bars are noise."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def user_errors(fn):
     """Report user mistakes as one line and exit code 2, a diverged training run with exit code 3."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            if fn.__name__ in LOADS_MODELS:
+                _quiet_model_loading()
             return fn(*args, **kwargs)
         except USER_ERRORS as err:
             typer.echo(f"error: {err}", err=True)
@@ -255,10 +268,6 @@ def variance(config: Path = typer.Argument(..., help="Dataset config."),
 
 
 def main() -> None:
-    from transformers.utils import logging as hf_logging
-
-    # jsarag shows its own progress bars; the per-load "Loading weights" bars are noise on a terminal.
-    hf_logging.disable_progress_bar()
     app()
 
 

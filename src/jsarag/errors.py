@@ -1,15 +1,25 @@
-"""User-facing errors: each is reported by the CLI as one line with exit code 2, no traceback."""
+"""User-facing errors: each is reported by the CLI as one line with exit code 2, no traceback.
+
+Light on purpose (no torch, transformers or faiss): the command line imports it before parsing its
+arguments. The modules that raise these errors import them from here.
+"""
 
 from __future__ import annotations
 
 from jsarag.configtools import ConfigError
-from jsarag.data import DataError
-from jsarag.index.faiss_index import IndexMismatchError
-from jsarag.models.pretrained import ModelNotFoundError
+from jsarag.data.schema import DataError
 
 
 class UserError(ValueError):
     """A mistake in how a command was called (e.g. an existing run folder without --resume)."""
+
+
+class IndexMismatchError(ValueError):
+    """The index on disk was built for another corpus or another passage encoder (or is unreadable)."""
+
+
+class ModelNotFoundError(ValueError):
+    """A model name that is neither a built-in, a local folder, nor (offline) a cached hub model."""
 
 
 class TrainingDivergedError(RuntimeError):

@@ -20,14 +20,12 @@ from typing import Any
 import faiss
 import numpy as np
 
+from jsarag.errors import IndexMismatchError
+
 INDEX_FILE = "index.faiss"
 META_FILE = "meta.json"
 STAGING_DIR = ".index-save"  # a save being written; discarded by the next save if it was interrupted
 COMMIT_DIR = ".index-commit"  # a complete save whose files are being moved into place
-
-
-class IndexMismatchError(ValueError):
-    """The index on disk was built for another corpus or another passage encoder (or is unreadable)."""
 
 
 @dataclass

@@ -78,19 +78,24 @@ class Encoder(nn.Module):
         return nn.functional.normalize(vectors, dim=-1) if self.normalize else vectors
 
     @torch.inference_mode()
-    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False,
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool | tqdm = False,
                desc: str = "encoding") -> np.ndarray:
         """Embed many texts without gradient: [N, d] float32. Texts are batched by length so that
-        little padding is computed; results come back in input order."""
+        little padding is computed; results come back in input order. ``progress`` may be a bar of the
+        caller's, advanced by the number of texts of each batch."""
         was_training = self.training
         self.eval()
         encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
         order = np.argsort([-len(ids) for ids in encoded], kind="stable")
         out = np.empty((len(encoded), self.dim), dtype=np.float32)
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
+        outer = progress if isinstance(progress, tqdm) else None
+        batches = range(0, len(order), batch_size)
+        for start in batches if outer else tqdm(batches, desc=desc, disable=not progress, unit="batch"):
             rows = order[start:start + batch_size]
             batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
             out[rows] = self._embed(batch.to(self.device)).cpu().numpy()
+            if outer:
+                outer.update(len(rows))
         self.train(was_training)
         return out
 

@@ -27,12 +27,10 @@ from typing import Callable
 
 import torch
 
+from jsarag.errors import ModelNotFoundError
+
 BUILTIN_PREFIX = "builtin:"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-class ModelNotFoundError(ValueError):
-    """A model name that is neither a built-in, a local folder, nor (offline) a cached hub model."""
 
 
 def cache_dir() -> Path:
