@@ -37,7 +37,7 @@ def resolve_data_path(path: str) -> Path:
 
 
 def load_corpus(cfg: DataConfig, *, progress: bool = True) -> Corpus:
-    """The run's corpus, memory-mapped from its store (a data file is converted once into a cached store)."""
+    """The run's corpus, read from its store on disk (a data file is converted once into a cached store)."""
     if not cfg.corpus:
         raise DataError("config", None, "data.corpus", "no corpus given")
     return open_corpus(resolve_data_path(cfg.corpus), progress=progress)
@@ -45,7 +45,7 @@ def load_corpus(cfg: DataConfig, *, progress: bool = True) -> Corpus:
 
 def load_split(cfg: DataConfig, split: str, corpus: Corpus, limit: int | None = None, *,
                progress: bool = True) -> Examples:
-    """A split's examples, memory-mapped from its store (checked against ``corpus``); the first ``limit``."""
+    """A split's examples, read from its store on disk (checked against ``corpus``); the first ``limit``."""
     path = getattr(cfg, split)
     if path is None:
         raise DataError("config", None, f"data.{split}", f"no {split} file given")

@@ -192,9 +192,9 @@ def _is_text(value: object) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
-def _require_object(record: object, source: str, line: int) -> Mapping:
+def _require_object(record: object, source: str, line: int | None, field: str | None = None) -> Mapping:
     if not isinstance(record, Mapping):
-        raise DataError(source, line, None, f"expected a JSON object, got {_describe(record)}")
+        raise DataError(source, line, field, f"expected a JSON object, got {_describe(record)}")
     return record
 
 

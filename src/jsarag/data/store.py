@@ -70,8 +70,10 @@ def store_cache_dir() -> Path:
     return Path(os.environ.get("JSARAG_CACHE", Path.home() / ".cache" / "jsarag")) / "stores"
 
 
-def _open_parts(folder: Path) -> tuple[dict, Table, IdIndex]:
+def _open_parts(folder: Path, kind: str) -> tuple[dict, Table, IdIndex]:
     meta = json.loads((folder / META_FILE).read_text())
+    if meta.get("kind") != kind:
+        raise DataError(str(folder), None, None, f"is a {meta.get('kind')} store, not a {kind} store")
     if meta.get("version") != STORE_VERSION:
         raise DataError(str(folder), None, None, f"store version {meta.get('version')} is not "
                         f"{STORE_VERSION}; convert the data again")
@@ -82,7 +84,7 @@ class Corpus:
     """An ordered knowledge base. Row i (0-based int) is the i-th passage; FAISS rows use the same numbering.
 
     Passage ids are unique, so ``row(passage_id)`` and ``corpus[row]`` are inverse mappings. A corpus
-    opened from a store (:meth:`open`) is memory-mapped: opening reads a few small files whatever the
+    opened from a store (:meth:`open`) stays on disk: opening reads a few small files whatever the
     corpus size, and only the passages asked for are read.
     """
 
@@ -102,11 +104,8 @@ class Corpus:
 
     @classmethod
     def open(cls, folder: str | os.PathLike) -> Corpus:
-        """A corpus store written by :func:`build_corpus_store` (memory-mapped)."""
-        folder = Path(folder)
-        meta, table, index = _open_parts(folder)
-        if meta.get("kind") != "corpus":
-            raise DataError(str(folder), None, None, f"is a {meta.get('kind')} store, not a corpus store")
+        """A corpus store written by :func:`build_corpus_store`."""
+        meta, table, index = _open_parts(Path(folder), "corpus")
         corpus = cls.__new__(cls)
         corpus._init(meta, table, index)
         return corpus
@@ -186,7 +185,7 @@ class Corpus:
 class Examples(Sequence[Example]):
     """A split's examples as a read-only sequence: ``len``, ``[i]``, slices (views) and iteration.
 
-    Backed by an Arrow table, memory-mapped when opened from a store, so a split of any size costs
+    Backed by an Arrow table, on disk when opened from a store, so a split of any size costs
     memory only for the examples being read.
     """
 
@@ -198,10 +197,7 @@ class Examples(Sequence[Example]):
 
     @classmethod
     def open(cls, folder: str | os.PathLike) -> Examples:
-        folder = Path(folder)
-        meta, table, _ = _open_parts(folder)
-        if meta.get("kind") != "split":
-            raise DataError(str(folder), None, None, f"is a {meta.get('kind')} store, not a split store")
+        meta, table, _ = _open_parts(Path(folder), "split")
         return cls(meta, table)
 
     def __len__(self) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 import ijson
 
 from jsarag.data.schema import DataError, _describe, _read_jsonl
+from jsarag.data.schema import _require_object as require_object
 
 SPLITS = ("train", "dev", "test")
 # How a file name is cut into words when looking for a split word: runs of letters (``nq-dev2.jsonl``
@@ -117,12 +118,6 @@ def first_line(exc: Exception) -> str:
 
 
 # --- records -------------------------------------------------------------------------------------
-
-
-def require_object(value: object, label: str, line: int | None, field: str | None = None) -> Mapping:
-    if not isinstance(value, Mapping):
-        raise DataError(label, line, field, f"expected a JSON object, got {_describe(value)}")
-    return value
 
 
 def require(record: Mapping, key: str, label: str, line: int) -> Any:
