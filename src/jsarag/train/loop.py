@@ -133,6 +133,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool, env: dist.DistEnv, held: co
         raise UserError(f"{len(train_set)} training examples cannot fill a batch of {per_process}")
     if cfg.index.path is not None and checkpoint is None:  # the corpus check needs no model
         PassageIndex.load(cfg.index.path, corpus_hash=corpus.fingerprint())
+    # Every process has looked at the folder before any of them takes the lock or writes to it: a check that
+    # ran later would find rank 0's own lock or config and refuse.
+    dist.barrier(env)
     if env.is_main:  # from here on the folder is ours: locked, then cleared of killed saves' leftovers
         held.enter_context(outdirs.RunLock(run_dir))
         if not existing and outdirs.is_run(run_dir):
