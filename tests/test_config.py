@@ -103,13 +103,13 @@ def test_yaml_floats_in_every_spelling(tmp_path):
     # YAML 1.1 reads "1e-5" (no dot) as a string and "2" as an int: both must become floats.
     path = write(tmp_path, "data: {corpus: c.jsonl}\n"
                            "optim: {lr_generator: 1e-5, lr_prior: 3.0e-4, lr_posterior: 2,"
-                           " betas: [1e-1, 1]}\n"
+                           " betas: [1e-1, 0]}\n"
                            "retriever: {temperature: 5e-2}\n")
     cfg = load_config(path)
     assert type(cfg.optim.lr_generator) is float and cfg.optim.lr_generator == pytest.approx(1e-5)
     assert type(cfg.optim.lr_prior) is float and cfg.optim.lr_prior == pytest.approx(3e-4)
     assert type(cfg.optim.lr_posterior) is float and cfg.optim.lr_posterior == 2.0
-    assert cfg.optim.betas == (0.1, 1.0) and all(type(b) is float for b in cfg.optim.betas)
+    assert cfg.optim.betas == (0.1, 0.0) and all(type(b) is float for b in cfg.optim.betas)
     assert type(cfg.retriever.temperature) is float and cfg.retriever.temperature == pytest.approx(0.05)
 
 

@@ -253,3 +253,18 @@ def test_resume_of_a_run_without_a_checkpoint_says_it_starts_from_scratch(env, t
     assert result.returncode == 0, result.describe()
     assert "holds no checkpoint: --resume starts the run from scratch" in result.stderr, result.describe()
     assert (run / "checkpoints" / "step_0000001").is_dir()
+
+
+def test_resume_keeps_metrics_written_before_a_line_torn_by_a_kill(tmp_path):
+    """A kill in the middle of a metrics write leaves half a line; resuming must not fail on it, and the
+    records up to the checkpoint stay (the file is replaced whole, never rewritten in place)."""
+    from jsarag.train.logger import RunLogger, read_metrics
+
+    lines = [json.dumps({"step": s, "loss": float(s)}) for s in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 4, "lo')
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+    logger = RunLogger(tmp_path, enabled=True, tensorboard=False, resume_step=2)
+    logger.log(3, {"loss": 30.0})
+    logger.close()
+    assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path)] == [(1, 1.0), (2, 2.0), (3, 30.0)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]

@@ -150,9 +150,11 @@ def ask(target: Path = typer.Argument(..., help="A run folder or a config file."
         top_k: Optional[int] = typer.Option(None, help="Passages to show and answer from (default: eval.top_k)."),
         overrides: Optional[list[str]] = OVERRIDES):
     """Answer questions: shows the retrieved passages with their scores, then the answer."""
-    from jsarag.eval.ask import answer_and_show
+    from jsarag.eval.ask import answer_and_show, check_question
     from jsarag.pipeline import load_run
 
+    if question is not None:
+        check_question(question)  # before the models load
     extra = [*(overrides or []), *([f"eval.top_k={top_k}"] if top_k is not None else [])]
     run = load_run(target, extra, progress=False)
     model, cfg, kind = run.model, run.cfg, run.kind

@@ -13,7 +13,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from jsarag.configtools import ConfigError, apply_overrides, dump_yaml, from_dict, load_yaml, to_dict
+from jsarag.configtools import (
+    ConfigError,
+    OutOfRange,
+    Range,
+    apply_overrides,
+    at_least,
+    check_ranges,
+    dump_yaml,
+    fraction,
+    from_dict,
+    load_yaml,
+    positive,
+    to_dict,
+)
 from jsarag.estimators.jsa import JSAConfig
 from jsarag.estimators.rag_sequence import RagSequenceConfig
 from jsarag.estimators.rag_token import RagTokenConfig
@@ -31,6 +44,9 @@ class DataConfig:
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
 
+    def validate(self) -> None:
+        check_ranges(self, max_train_examples=at_least(1), max_eval_examples=at_least(1))
+
 
 @dataclass
 class RetrieverConfig:
@@ -46,8 +62,7 @@ class RetrieverConfig:
     train_passage_encoder: bool = False
 
     def validate(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError("retriever.temperature must be positive")
+        check_ranges(self, temperature=positive(), max_query_length=at_least(1), max_passage_length=at_least(1))
 
 
 @dataclass
@@ -57,6 +72,9 @@ class LoraConfig:
     alpha: int = 16
     dropout: float = 0.05
     target_modules: list[str] | None = None  # None: peft's default for the architecture
+
+    def validate(self) -> None:
+        check_ranges(self, r=at_least(1), alpha=at_least(1), dropout=fraction())
 
 
 @dataclass
@@ -73,6 +91,10 @@ class GeneratorConfig:
     score_batch_size: int = 32
     gradient_checkpointing: bool = False
 
+    def validate(self) -> None:
+        check_ranges(self, max_passage_tokens=at_least(1), max_query_tokens=at_least(1),
+                     max_answer_tokens=at_least(1), score_batch_size=at_least(1))
+
 
 @dataclass
 class IndexConfig:
@@ -81,6 +103,9 @@ class IndexConfig:
     search_params: str = ""  # e.g. "nprobe=16" or "efSearch=128"
     batch_size: int = 64
     refresh_every: int = 0  # steps between re-encodings of the corpus when the passage encoder trains
+
+    def validate(self) -> None:
+        check_ranges(self, batch_size=at_least(1), refresh_every=at_least(0))
 
 
 @dataclass
@@ -91,6 +116,9 @@ class EstimatorConfig:
     rag_token: RagTokenConfig = field(default_factory=RagTokenConfig)
     vrag: VRAGConfig = field(default_factory=VRAGConfig)
     jsa: JSAConfig = field(default_factory=JSAConfig)
+
+    def validate(self) -> None:  # at most the corpus size too, checked when the corpus is read
+        check_ranges(self, top_k=at_least(1))
 
     def options(self):
         """The config object of the selected estimator."""
@@ -108,7 +136,13 @@ class OptimConfig:
     warmup_steps: int = 0
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     min_lr_ratio: float = 0.0
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # inf: no clipping
+
+    def validate(self) -> None:
+        lr = at_least(0)
+        check_ranges(self, lr_generator=lr, lr_prior=lr, lr_posterior=lr, lr_passage=lr, weight_decay=at_least(0),
+                     betas=fraction(), warmup_steps=at_least(0), min_lr_ratio=fraction(one=True),
+                     max_grad_norm=positive(infinite=True))
 
 
 @dataclass
@@ -130,9 +164,11 @@ class TrainConfig:
     def validate(self) -> None:
         from jsarag.models.rag import COMPONENTS
 
-        if self.max_nonfinite_steps < 1:
-            raise ValueError(f"train.max_nonfinite_steps={self.max_nonfinite_steps} is out of range (at least 1)")
-
+        check_ranges(self, steps=at_least(1), batch_size=at_least(1), grad_accum_steps=at_least(1),
+                     seed=Range(0, 2**64 - 1), log_every=at_least(1), save_every=at_least(1), eval_every=at_least(0),
+                     keep_checkpoints=at_least(0), max_nonfinite_steps=at_least(1))
+        if self.batch_size % self.grad_accum_steps:
+            raise OutOfRange("batch_size", self.batch_size, f"a multiple of grad_accum_steps={self.grad_accum_steps}")
         unknown = sorted(set(self.freeze) - set(COMPONENTS))
         if unknown:
             raise ValueError(f"train.freeze: unknown component(s) {', '.join(unknown)} "
@@ -148,6 +184,12 @@ class EvalConfig:
     max_new_tokens: int = 32
     batch_size: int = 8
     retrieval_ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+
+    def validate(self) -> None:  # top_k and retrieval_ks at most the corpus size too, checked when it is read
+        check_ranges(self, top_k=at_least(1), num_beams=at_least(1), max_new_tokens=at_least(1),
+                     batch_size=at_least(1), retrieval_ks=at_least(1))
+        if not self.retrieval_ks:
+            raise OutOfRange("retrieval_ks", self.retrieval_ks, "a non-empty list of cutoffs, e.g. [1, 5, 10]")
 
 
 @dataclass

@@ -8,6 +8,7 @@ names the key, e.g. ``optim.lr_generator: expected a float, got 'fast'``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -17,8 +18,15 @@ import yaml
 T = TypeVar("T")
 
 
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
 class ConfigError(ValueError):
-    """A configuration mistake: unknown key, wrong type, bad value. The message is one line."""
+    """A configuration mistake: unknown key, wrong type, bad value. The message is one line: line breaks
+    in the user's text that it quotes (a key, an override) are escaped."""
+
+    def __init__(self, message: str):
+        super().__init__(str(message).translate(_LINE_BREAKS))
 
 
 def _describe(value: Any) -> str:
@@ -60,7 +68,10 @@ def _coerce(tp: Any, value: Any, key: str, from_text: bool) -> Any:
         return from_dict(tp, value, prefix=key)
     if origin in (list, tuple):
         if from_text and isinstance(value, str):
-            value = yaml.safe_load(value)
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise ConfigError(f"{key}: expected a list like [a, b], got {_describe(value)}") from None
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {_describe(value)}")
         args = get_args(tp)
@@ -104,6 +115,70 @@ def _coerce(tp: Any, value: Any, key: str, from_text: bool) -> Any:
     raise TypeError(f"unsupported config type {tp} for {key}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric field: an interval, closed unless said otherwise. NaN is never in
+    range, nor is an infinity unless ``infinite`` allows +inf (e.g. "no limit")."""
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    infinite: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value) and not (self.infinite and value == math.inf):
+            return False
+        above = self.low is None or (value > self.low if self.open_low else value >= self.low)
+        below = self.high is None or (value < self.high if self.open_high else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.open_low else '['}{self.low}, {self.high}{')' if self.open_high else ']'}"
+        if self.low is not None:
+            text = f"{'greater than' if self.open_low else 'at least'} {self.low}"
+        else:
+            text = f"{'less than' if self.open_high else 'at most'} {self.high}"
+        return text + (" (or inf)" if self.infinite else "")
+
+
+def at_least(low: float, *, infinite: bool = False) -> Range:
+    return Range(low, infinite=infinite)
+
+
+def positive(*, infinite: bool = False) -> Range:
+    return Range(0, open_low=True, infinite=infinite)
+
+
+def fraction(*, one: bool = False) -> Range:
+    """[0, 1), or [0, 1] with ``one``."""
+    return Range(0, 1, open_high=not one)
+
+
+class OutOfRange(ValueError):
+    """Raised by a ``validate()`` hook for one of its fields; ``from_dict`` names it by its dotted key."""
+
+    def __init__(self, name: str, value: Any, valid: Range | str):
+        super().__init__(name, value, str(valid))
+        self.name, self.value, self.valid = name, value, str(valid)
+
+
+def range_message(key: str, value: Any, valid: Range | str, context: str = "") -> str:
+    """``train.steps=-1 is out of range (valid: at least 1)``; ``context`` says what the range depends on."""
+    return f"{key}={value!r} is out of range{' ' + context if context else ''} (valid: {valid})"
+
+
+def check_ranges(obj: Any, **ranges: Range) -> None:
+    """Raise OutOfRange for the first field of ``obj`` outside its range (None is "not set"; every item
+    of a list or tuple is checked)."""
+    for name, valid in ranges.items():
+        value = getattr(obj, name)
+        items = enumerate(value) if isinstance(value, (list, tuple)) else [(None, value)]
+        for i, item in items:
+            if item is not None and item not in valid:
+                raise OutOfRange(name if i is None else f"{name}[{i}]", item, valid)
+
+
 def _hints(cls: type) -> dict[str, Any]:
     return get_type_hints(cls)
 
@@ -127,6 +202,9 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     if validate is not None:
         try:
             validate()
+        except OutOfRange as err:
+            raise ConfigError(range_message(f"{prefix}.{err.name}" if prefix else err.name, err.value,
+                                            err.valid)) from None
         except ValueError as err:
             raise ConfigError(f"{prefix + ': ' if prefix else ''}{err}") from None
     return obj
@@ -209,4 +287,5 @@ def dump_yaml(obj: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False), encoding="utf-8")
 
 
-__all__ = ["ConfigError", "from_dict", "to_dict", "apply_overrides", "load_yaml", "dump_yaml"]
+__all__ = ["ConfigError", "OutOfRange", "Range", "at_least", "check_ranges", "fraction", "positive",
+           "range_message", "from_dict", "to_dict", "apply_overrides", "load_yaml", "dump_yaml"]

@@ -14,6 +14,10 @@ class UserError(ValueError):
     """A mistake in how a command was called (e.g. an existing run folder without --resume)."""
 
 
+class CorruptCheckpointError(UserError):
+    """A checkpoint whose files differ from its manifest, where no intact one can take its place."""
+
+
 class IndexMismatchError(ValueError):
     """The index on disk was built for another corpus or another passage encoder (or is unreadable)."""
 

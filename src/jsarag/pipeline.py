@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from jsarag.config import Config, DataConfig, save_config
-from jsarag.configtools import to_dict
+from jsarag.configtools import ConfigError, Range, range_message, to_dict
 from jsarag.data import Corpus, DataError, Examples, open_corpus, open_split
 from jsarag.index import PassageIndex, build_index
 from jsarag.models.encoder import Encoder
@@ -22,6 +22,7 @@ from jsarag.models.generator import Generator
 from jsarag.models.pretrained import ModelNotFoundError
 from jsarag.models.rag import RAGModel
 from jsarag.models.retriever import Retriever
+from jsarag.train.checkpoint import check_intact
 from jsarag.train.distributed import autocast, setup
 
 BUILTIN_DATA = "builtin:"
@@ -53,18 +54,47 @@ def load_split(cfg: DataConfig, split: str, corpus: Corpus, limit: int | None = 
     return examples[:limit] if limit is not None else examples
 
 
+def check_batch_size(cfg: Config, processes: int) -> None:
+    """``train.batch_size`` splits evenly over the processes and their accumulation steps."""
+    multiple = processes * cfg.train.grad_accum_steps
+    if cfg.train.batch_size % multiple:
+        raise ConfigError(range_message("train.batch_size", cfg.train.batch_size, f"a multiple of {multiple}",
+                                        f"for {processes} process(es) x train.grad_accum_steps="
+                                        f"{cfg.train.grad_accum_steps}"))
+
+
+def check_data_sizes(cfg: Config, corpus_size: int, *, train_examples: int | None = None, processes: int = 1,
+                     evaluates: bool = True) -> None:
+    """The settings whose range depends on the data, before anything is written: the top-K of training
+    (when ``train_examples`` is given) and of evaluation (when ``evaluates``) against the corpus size, and
+    the batch of each process against the training examples."""
+    sizes = [("estimator.top_k", cfg.estimator.top_k)] if train_examples is not None else []
+    if evaluates:
+        sizes += [("eval.top_k", cfg.eval.top_k), *((f"eval.retrieval_ks[{i}]", k)
+                                                    for i, k in enumerate(cfg.eval.retrieval_ks))]
+    for key, value in sizes:
+        if value > corpus_size:
+            raise ConfigError(range_message(key, value, Range(1, corpus_size),
+                                            f"for a corpus of {corpus_size} passages"))
+    if train_examples is not None and cfg.train.batch_size // processes > train_examples:
+        raise ConfigError(range_message("train.batch_size", cfg.train.batch_size,
+                                        f"at most {processes * train_examples}",
+                                        f"for {train_examples} training examples on {processes} process(es)"))
+
+
 def build_model(cfg: Config, checkpoint: str | Path | None = None) -> RAGModel:
-    """Retriever and generator from the config, with weights from ``checkpoint`` when given."""
-    ckpt = Path(checkpoint) if checkpoint is not None else None
+    """Retriever and generator from the config, with weights from ``checkpoint`` (verified) when given."""
+    ckpt = check_intact(checkpoint) if checkpoint is not None else None
     with _model_errors():
         generator = Generator.from_config(cfg.generator, ckpt / "generator" if ckpt else None)
     return RAGModel(build_retriever(cfg, ckpt), generator)
 
 
 def build_retriever(cfg: Config, checkpoint: str | Path | None = None) -> Retriever:
-    """The three encoders from the config, with weights from ``checkpoint`` when given."""
+    """The three encoders from the config, with weights from ``checkpoint`` (verified) when given."""
+    ckpt = check_intact(checkpoint) if checkpoint is not None else None
     with _model_errors():
-        return Retriever.from_config(cfg.retriever, Path(checkpoint) / "retriever" if checkpoint else None)
+        return Retriever.from_config(cfg.retriever, ckpt / "retriever" if ckpt else None)
 
 
 @contextlib.contextmanager
@@ -142,7 +172,7 @@ def resolve_target(target: str | Path, overrides: list[str] | None = None,
             raise UserError(f"{target} holds no checkpoint yet")
         if not (ckpt / "trainer_state.json").is_file():
             raise UserError(f"{ckpt} is not a complete checkpoint")
-        return cfg, ckpt, target
+        return cfg, check_intact(ckpt), target  # a given one is checked here, before the corpus loads
     return load_config(target, overrides), (Path(checkpoint) if checkpoint else None), None
 
 
@@ -191,6 +221,7 @@ def load_run(target: str | Path | Config, overrides: list[str] | None = None, *,
     if build_dir is None and run_dir is not None:
         build_dir = run_dir / "index"
     corpus = load_corpus(cfg.data, progress=progress)
+    check_data_sizes(cfg, len(corpus))
     device = setup().device
     if generator:
         model = build_model(cfg, ckpt).to(device)

@@ -382,26 +382,35 @@ def _read_tsv(path: str) -> Iterator[tuple[int, dict]]:
 
     with open(path, encoding="utf-8", newline="") as handle:
         rows = csv.reader(handle, delimiter="\t")
-        header = next(rows, None)
-        if header is None:
-            return
-        for number, row in enumerate(rows, start=2):
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise DataError(path, number, None, f"expected {len(header)} tab-separated fields "
-                                f"({', '.join(header)}), got {len(row)}")
-            yield number, dict(zip(header, row))
+        try:
+            header = next(rows, None)
+            if header is None:
+                return
+            for number, row in enumerate(rows, start=2):
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise DataError(path, number, None, f"expected {len(header)} tab-separated fields "
+                                    f"({', '.join(header)}), got {len(row)}")
+                yield number, dict(zip(header, row))
+        except UnicodeDecodeError as exc:  # decoded ahead in blocks: the line is not known
+            raise DataError(path, None, None, f"not valid UTF-8: {exc.reason}") from None
+        except csv.Error as exc:
+            raise DataError(path, rows.line_num, None, f"unreadable TSV: {exc}") from None
 
 
 def _read_parquet(path: str) -> Iterator[tuple[int, dict]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     row = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=8192):
-        for record in batch.to_pylist():
-            row += 1
-            yield row, record
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=8192):
+            for record in batch.to_pylist():
+                row += 1
+                yield row, record
+    except (pa.ArrowException, OSError) as exc:  # not Parquet, truncated, or an unsupported encoding
+        raise DataError(path, None, None, f"not a readable Parquet file: {' '.join(str(exc).split())}") from None
 
 
 def read_records(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:

@@ -43,6 +43,7 @@ from typing import Literal
 
 import torch
 
+from jsarag.configtools import at_least, check_ranges
 from jsarag.data import Batch
 from jsarag.estimators.base import (
     candidate_union,
@@ -64,8 +65,7 @@ class JSAConfig:
     score_all_proposals: bool = False
 
     def validate(self) -> None:
-        if self.num_proposals < 1:
-            raise ValueError("jsa.num_proposals must be at least 1")
+        check_ranges(self, num_proposals=at_least(1))
 
 
 def log_importance_weights(log_prior: torch.Tensor, seq_loglik: torch.Tensor, log_post: torch.Tensor

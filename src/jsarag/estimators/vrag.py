@@ -26,6 +26,7 @@ from typing import Literal
 
 import torch
 
+from jsarag.configtools import OutOfRange, at_least, check_ranges
 from jsarag.data import Batch
 from jsarag.estimators.base import (
     Stateless,
@@ -45,10 +46,9 @@ class VRAGConfig:
     baseline: Literal["leave_one_out", "none"] = "leave_one_out"
 
     def validate(self) -> None:
-        if self.num_samples < 1:
-            raise ValueError("vrag.num_samples must be at least 1")
+        check_ranges(self, num_samples=at_least(1))
         if self.mode == "sampled" and self.baseline == "leave_one_out" and self.num_samples < 2:
-            raise ValueError("the leave-one-out baseline needs vrag.num_samples >= 2")
+            raise OutOfRange("num_samples", self.num_samples, "at least 2 for the leave-one-out baseline")
 
 
 def kl_categorical(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:

@@ -61,7 +61,8 @@ class PromptBuilder:
             return self._chat_parts([{"role": "user", "content": _SLOT}])[0] + instruction + "\n\n"
 
     def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        # No "longer than the model's maximum length" warning: every segment is truncated by its caller.
+        return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
 
     def passage_ids(self, passage: Passage) -> list[int]:
         ids = self._passages.get(passage.id)
@@ -75,6 +76,10 @@ class PromptBuilder:
         if kind == "context":  # keep the most recent turns: the one to answer is last
             return self._ids("Dialogue:\n") + self._ids(query)[-self.max_query_tokens:]
         return self._ids(f"Question: {query}")[: self.max_query_tokens]
+
+    def query_length(self, query: str, kind: str) -> int:
+        """Tokens of the query segment before its truncation to ``max_query_tokens``."""
+        return len(self._ids(query if kind == "context" else f"Question: {query}"))
 
     def prompt_ids(self, query: str, kind: str, passages: Sequence[Passage]) -> list[int]:
         ids = list(self._head[kind])

@@ -34,6 +34,11 @@ class DistEnv:
         return self.world_size > 1
 
 
+def is_main_process() -> bool:
+    """Rank 0, or the only process: the one that prints, also before :func:`setup` has run."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def setup(device: str = "auto") -> DistEnv:
     """Join the process group when launched with several processes; pick this process's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -102,6 +107,18 @@ def all_true(flag: bool, env: DistEnv) -> bool:
 def barrier(env: DistEnv) -> None:
     if env.distributed:
         dist.barrier()
+
+
+@contextlib.contextmanager
+def local_main_first(env: DistEnv):
+    """The block runs on each machine's first process, then on the others: e.g. a data file is converted
+    into the machine's store cache once, and the other processes open the result. Every process passes
+    one barrier, before the block or after it."""
+    if env.local_rank != 0:
+        barrier(env)
+    yield
+    if env.local_rank == 0:
+        barrier(env)
 
 
 def gather_objects(obj, env: DistEnv) -> list:

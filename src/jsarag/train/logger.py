@@ -8,16 +8,26 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 METRICS_FILE = "metrics.jsonl"
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The records of ``metrics.jsonl``; a last line torn by a kill in the middle of a write is left out."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise
+    return records
 
 
 class RunLogger:
@@ -29,7 +39,10 @@ class RunLogger:
             return
         if resume_step > 0 or self.path.exists():
             kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= resume_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            # Into a new file that replaces the old one whole: a kill meanwhile must not lose the kept lines.
+            tmp = self.path.with_name(f".{METRICS_FILE}.resume")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            os.replace(tmp, self.path)
         self.file = self.path.open("a", encoding="utf-8")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter

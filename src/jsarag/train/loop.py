@@ -33,7 +33,16 @@ from jsarag.errors import TrainingDivergedError, UserError
 from jsarag.estimators import build_estimator
 from jsarag.eval.evaluate import evaluate, write_result
 from jsarag.index import PassageIndex
-from jsarag.pipeline import build_model, encode_index, load_corpus, load_split, prepare_index, save_run_config
+from jsarag.pipeline import (
+    build_model,
+    check_batch_size,
+    check_data_sizes,
+    encode_index,
+    load_corpus,
+    load_split,
+    prepare_index,
+    save_run_config,
+)
 from jsarag.train import distributed as dist
 from jsarag.train.checkpoint import (
     checkpoint_step,
@@ -113,10 +122,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, device: str
 def _train(cfg: Config, run_dir: Path, resume: bool, env: dist.DistEnv, held: contextlib.ExitStack) -> Path:
     tc = cfg.train
     # 1. Check everything that can be wrong before writing anything.
-    per_process = tc.batch_size // env.world_size
-    if tc.batch_size % (env.world_size * tc.grad_accum_steps):
-        raise UserError(f"train.batch_size={tc.batch_size} is not divisible by processes x "
-                        f"grad_accum_steps = {env.world_size} x {tc.grad_accum_steps}")
+    check_batch_size(cfg, env.world_size)
     existing = outdirs.check_run_out(run_dir, resume=resume)  # a folder of another kind is refused untouched
     checkpoint = latest_checkpoint(run_dir) if existing else None
     if existing and (run_dir / "config.yaml").is_file():
@@ -124,13 +130,14 @@ def _train(cfg: Config, run_dir: Path, resume: bool, env: dist.DistEnv, held: co
     if checkpoint is not None and checkpoint_step(checkpoint) > tc.steps:
         raise UserError(f"train.steps={tc.steps} is below the step of the newest checkpoint, "
                         f"{checkpoint_step(checkpoint)} ({checkpoint})")
-    corpus = load_corpus(cfg.data)
-    train_set = load_split(cfg.data, "train", corpus, cfg.data.max_train_examples)
     eval_split = cfg.eval.split
-    dev_set = (load_split(cfg.data, eval_split, corpus, cfg.data.max_eval_examples)
-               if getattr(cfg.data, eval_split) else None)
-    if len(train_set) < per_process:
-        raise UserError(f"{len(train_set)} training examples cannot fill a batch of {per_process}")
+    with dist.local_main_first(env):  # data files are converted into stores once per machine
+        corpus = load_corpus(cfg.data, progress=env.is_main)
+        train_set = load_split(cfg.data, "train", corpus, cfg.data.max_train_examples, progress=env.is_main)
+        dev_set = (load_split(cfg.data, eval_split, corpus, cfg.data.max_eval_examples, progress=env.is_main)
+                   if getattr(cfg.data, eval_split) else None)
+    check_data_sizes(cfg, len(corpus), train_examples=len(train_set), processes=env.world_size,
+                     evaluates=dev_set is not None)
     if cfg.index.path is not None and checkpoint is None:  # the corpus check needs no model
         PassageIndex.load(cfg.index.path, corpus_hash=corpus.fingerprint())
     # Every process has looked at the folder before any of them takes the lock or writes to it: a check that
