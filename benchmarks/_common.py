@@ -193,12 +193,17 @@ def _version(dist: str) -> str | None:
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU model, core counts, thread settings, load, and the versions of the libraries involved."""
+    """CPU model, core counts, thread settings, load, the precision ``train.precision: auto`` resolves to here,
+    and the versions of the libraries involved."""
     import torch
+
+    from jsarag.train import distributed as dist
 
     info: dict[str, Any] = {
         "cpu_model": _cpu_model(),
         "cpu_flags": _cpu_flags(),
+        "cpu_capability": dist.cpu_capability(),
+        "precision_auto": dist.resolve_precision("auto", torch.device("cuda" if torch.cuda.is_available() else "cpu")),
         "logical_cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

@@ -4,7 +4,7 @@
     python benchmarks/eval_throughput.py --quick     # 10 questions, 300 paragraphs
     python benchmarks/eval_throughput.py --out eval_throughput.json
 
-Variants (greedy, max_new_tokens 24, eval batch size 8, bf16 autocast as ``evaluate`` does):
+Variants (greedy, max_new_tokens 24, eval batch size 8, under ``train.precision: auto`` as ``evaluate`` resolves it):
 - ``per_passage`` with K=5: one generation per (question, passage), the answer with the best
   length-normalised confidence + log p_r is kept (5 generations per question);
 - ``concat`` with K=5: the 5 passages in one prompt, one generation per question;
@@ -59,6 +59,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     from jsarag.config import EvalConfig
     from jsarag.eval.evaluate import evaluate
+    from jsarag.train import distributed as dist
 
     began = time.perf_counter()
     result = {"benchmark": "eval_throughput", "quick": q, "machine": machine()}
@@ -70,6 +71,7 @@ def main(argv=None) -> None:
     setup_s = time.perf_counter() - t
     model.eval()
     device = torch.device("cpu")
+    precision = dist.resolve_precision("auto", device)
 
     variants = {
         f"per_passage_K{args.top_k}": ("per_passage", args.top_k),
@@ -96,7 +98,7 @@ def main(argv=None) -> None:
         "eval_batch_size": args.eval_batch_size,
         "max_passage_tokens": args.max_passage_tokens,
         "num_beams": 1,
-        "precision": "bf16",
+        "precision": precision,
         "generator": cfg.generator.model + ("" if args.no_lora else " + LoRA (unmerged)"),
         "retriever": cfg.retriever.model,
         "timed_rounds": repeats,
@@ -110,7 +112,7 @@ def main(argv=None) -> None:
     warm = questions[: min(len(questions), args.eval_batch_size)]
     for name, (decode, k) in variants.items():
         t = time.perf_counter()
-        evaluate(model, warm, cfg_for(decode, k), device=device, precision="bf16", progress=False)
+        evaluate(model, warm, cfg_for(decode, k), device=device, precision=precision, progress=False)
         say(f"  warm-up {name}: {time.perf_counter() - t:.1f}s ({len(warm)} questions)")
 
     times = {v: [] for v in variants}
@@ -121,7 +123,7 @@ def main(argv=None) -> None:
             gc.collect()
             t = time.perf_counter()
             res = evaluate(
-                model, questions, cfg_for(decode, k), device=device, precision="bf16", progress=False
+                model, questions, cfg_for(decode, k), device=device, precision=precision, progress=False
             )
             times[name].append(time.perf_counter() - t)
             summaries[name] = res.summary

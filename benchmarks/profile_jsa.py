@@ -110,6 +110,7 @@ def main(argv=None) -> None:
     opt.step()
     opt.zero_grad(set_to_none=True)
     device = torch.device("cpu")
+    precision = dist.resolve_precision("auto", device)
     retriever = model.retriever
     counter = ScoreCounter(model.generator)
     result["shape"] = {
@@ -118,7 +119,7 @@ def main(argv=None) -> None:
         "proposals": M,
         "passages": len(corpus),
         "max_passage_tokens": max_tokens,
-        "precision": "bf16",
+        "precision": precision,
         "rounds": repeats,
         "generator": cfg.generator.model + " + LoRA",
         "retriever": cfg.retriever.model,
@@ -139,7 +140,7 @@ def main(argv=None) -> None:
 
     def estimator_step(batch) -> tuple[float, float]:
         t0 = time.perf_counter()
-        with dist.autocast(device, "bf16"):
+        with dist.autocast(device, precision):
             loss, _ = model(batch, estimator)
         loss.backward()
         opt.step()
@@ -151,7 +152,7 @@ def main(argv=None) -> None:
         ph, sub = {}, {}
         clock = time.perf_counter
         t_start = clock()
-        with dist.autocast(device, "bf16"):
+        with dist.autocast(device, precision):
             t0 = clock()
             prior_query = retriever.prior_vectors(batch.queries)
             post_query = retriever.posterior_vectors(batch.queries, batch.answers)

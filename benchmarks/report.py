@@ -38,7 +38,9 @@ def machine_section(m: dict) -> list[str]:
     versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())
     return [f"- CPU: {m.get('cpu_model')} ({', '.join(m.get('cpu_flags', []))}), "
             f"{m.get('usable_cores', m.get('logical_cores'))} cores, torch threads {m.get('torch_threads')}, "
-            f"{m.get('memory_gib', '?')} GiB",
+            f"{m.get('memory_gib', '?')} GiB"
+            + (f"; torch {m['cpu_capability']}, `train.precision: auto` resolves to {m['precision_auto']}"
+               if "precision_auto" in m else ""),
             f"- {m.get('platform')}, Python {m.get('python')}; {versions}",
             f"- load average at start / end of the step-cost run: {m.get('load_average_at_start')} / "
             f"{m.get('load_average_at_end')}"]
@@ -48,7 +50,8 @@ def step_cost_section(d: dict) -> list[str]:
     shape = d["shape"]
     lines = ["## 1. Step cost: JSA-RAG against RAG-Sequence and VRAG", "",
              "`python benchmarks/step_cost.py` (and `--quick` for a reduced shape). One optimiser step: "
-             "estimator forward under bf16 autocast, backward, AdamW step. MiniLM retriever, SmolLM2-135M-"
+             f"estimator forward under {shape.get('precision', 'bf16')} autocast, backward, AdamW step. MiniLM "
+             "retriever, SmolLM2-135M-"
              f"Instruct + LoRA generator; B={shape['batch_size']} SQuAD questions (micro-batches of "
              f"{shape['micro_batch_size']}), K={shape['top_k']}, m={shape['proposals']}, "
              f"{shape['passages']} passages of at most {shape['max_passage_tokens']} tokens.", "",

@@ -5,7 +5,8 @@ against corpus size.
     python benchmarks/scaling.py --quick            # fewer points and repeats, shorter passages
     python benchmarks/scaling.py --plots DIR --out scaling.json
 
-1. JSA training step (textbook JSA, B=1 question, SmolLM2-135M-Instruct + LoRA, MiniLM, bf16 autocast,
+1. JSA training step (textbook JSA, B=1 question, SmolLM2-135M-Instruct + LoRA, MiniLM, autocast as resolved
+   from ``train.precision: auto``,
    forward + backward + AdamW step + zero_grad) at K in {2, 5, 10, 20} with m=50, and at m in
    {1, 10, 50, 100} with K=10, over a corpus of SQuAD paragraphs holding the questions' gold paragraphs.
    Time: one process, weights restored before every step, all points interleaved round by round
@@ -111,7 +112,7 @@ class StepRunner:
         torch.manual_seed(1000 + batch_idx)
         self.counter.reset()
         t = time.perf_counter()
-        with dist.autocast(torch.device("cpu"), "bf16"):
+        with dist.autocast(torch.device("cpu"), "auto"):
             loss, metrics = self.model(self.batches[batch_idx % len(self.batches)], est)
         loss.backward()
         self.opt.step()
@@ -345,7 +346,8 @@ def plots(result: dict, args, folder: Path) -> list[str]:
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    title_tail = f"B=1, SmolLM2-135M+LoRA, {args.max_passage_tokens}-token passages, bf16, CPU"
+    title_tail = (f"B=1, SmolLM2-135M+LoRA, {args.max_passage_tokens}-token passages, "
+                  f"{result['shape'].get('precision', 'bf16')}, CPU")
     timing, memory = result.get("jsa_time", {}), result.get("jsa_memory", {})
 
     def sweep(records: dict, vary: str, fixed: str, value: int):
@@ -507,10 +509,11 @@ def main(argv=None) -> None:
         faiss.omp_set_num_threads(args.threads)
     began = time.perf_counter()
     points = jsa_points(args)
+    host = machine()
     result = {
         "benchmark": "scaling",
         "quick": q,
-        "machine": machine(),
+        "machine": host,
         "shape": {
             "batch_size": 1,
             "points": [list(p) for p in points],
@@ -518,7 +521,7 @@ def main(argv=None) -> None:
             "max_passage_tokens": args.max_passage_tokens,
             "questions": args.questions,
             "timed_rounds": args.repeats,
-            "precision": "bf16",
+            "precision": host["precision_auto"],  # what the steps' dist.autocast(cpu, "auto") resolves to
             "generator": "builtin:smollm2-135m-instruct + LoRA",
             "retriever": "builtin:minilm",
             "estimator": "jsa (textbook: distinct proposals / states scored once)",

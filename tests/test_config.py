@@ -86,7 +86,7 @@ def test_quickstart_yaml_types():
                                           candidates="union")
     assert cfg.optim.betas == (0.9, 0.95) and isinstance(cfg.optim.betas, tuple)
     assert all(type(b) is float for b in cfg.optim.betas)
-    assert cfg.train.precision == "bf16" and cfg.eval.decode == "per_passage"
+    assert cfg.train.precision == "auto" and cfg.eval.decode == "per_passage"
     # The shipped dialogue sample, inside the package (no path outside it).
     assert (cfg.data.corpus, cfg.data.train, cfg.data.dev) == (
         "builtin:dstc11/corpus.jsonl", "builtin:dstc11/train.jsonl", "builtin:dstc11/dev.jsonl")
@@ -244,7 +244,7 @@ def test_wrong_type_in_yaml(tmp_path):
     ("train: {tensorboard: 1}", "train.tensorboard"),
     ("optim: {lr_generator: true}", "optim.lr_generator"),
     ("eval: {retrieval_ks: [1, two]}", "eval.retrieval_ks[1]"),
-    ("train: {precision: fp16}", "train.precision"),
+    ("train: {precision: fp64}", "train.precision"),
 ])
 def test_other_wrong_types_in_yaml(tmp_path, text, key):
     assert key in config_error(write(tmp_path, "data: {corpus: c.jsonl}\n" + text + "\n"))

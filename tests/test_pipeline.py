@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import torch
 from helpers import REPO
 
@@ -40,15 +41,17 @@ def test_readme_python_example_runs(monkeypatch):
     assert torch.isfinite(namespace["loss"]) and "accept_rate" in namespace["metrics"]
 
 
-def test_encode_corpus_in_chunks_equals_encoding_everything_at_once(monkeypatch):
-    from jsarag.index import build
+def test_encode_corpus_in_chunks_equals_encoding_everything_at_once(monkeypatch, tmp_path):
+    from jsarag.index import build, vectors
     from jsarag.models.retriever import passage_text
     from jsarag.pipeline import build_retriever, load_corpus
 
     cfg = load_config(TINY)
     corpus, encoder = load_corpus(cfg.data, progress=False), build_retriever(cfg).passage
-    monkeypatch.setattr(build, "CHUNK", 7)  # chunks that cut through the corpus's record batches
-    chunked = build.encode_corpus(corpus, encoder, batch_size=4, progress=False)
+    monkeypatch.setattr(vectors, "CHUNK", 7)  # chunks that cut through the corpus's record batches
+    index = build.build_index(corpus, encoder, tmp_path / "ix", shard_rows=50, batch_size=4, progress=False)
+    chunked = index.vectors(np.arange(len(corpus)))
     whole = encoder.encode([passage_text(p) for p in corpus], batch_size=4)
-    assert chunked.shape == (185, encoder.dim)
-    torch.testing.assert_close(torch.from_numpy(chunked), torch.from_numpy(whole), rtol=0, atol=1e-5)
+    assert chunked.shape == (185, encoder.dim) and index.store.num_shards == 4
+    # float16 storage: within half a unit in the last place of float16 (2^-11 relative) of the float32 vectors
+    torch.testing.assert_close(torch.from_numpy(chunked), torch.from_numpy(whole), rtol=2**-11, atol=1e-5)

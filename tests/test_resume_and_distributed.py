@@ -127,3 +127,25 @@ def test_two_process_jsa_chain_caches_stay_complete(tmp_path):
     seen = {examples[i].id for step in range(3) for i in schedule.global_batch(step)}
     state = torch.load(run / "checkpoints" / "step_0000003" / "state.pt", weights_only=False)
     assert set(state["estimator"]["cache"]) == seen
+
+
+def test_two_process_training_on_a_sharded_index_logs_the_losses_of_an_unsharded_one(tmp_path):
+    """index.sharded=true: each process holds half of the Flat index and every search is collective
+    (prior and posterior searches of JSA, and the evaluation, which every process then runs). The same
+    top-K as the whole index means the same losses."""
+    common = ["train.steps=3", "train.batch_size=4", "train.save_every=3", "data.max_eval_examples=4"]
+    runs = {}
+    for name, port, extra in (("whole", "29535", []), ("sharded", "29537", ["index.sharded=true"])):
+        runs[name] = tmp_path / name
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                               "--master_port", port, "-m", "jsarag", "train", TINY, "--out", str(runs[name]),
+                               *common, *extra], env=env(), capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    a, b = losses(runs["whole"]), losses(runs["sharded"])
+    assert sorted(a) == sorted(b) == [1, 2, 3]
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=0, abs=1e-5), step
+    assert not (runs["sharded"] / "index" / "index.faiss").exists()  # no process held the whole index
+    assert (runs["sharded"] / "index" / "trained.faiss").is_file()
+    evals = [json.loads(line) for line in (runs["sharded"] / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval/f1" in r for r in evals) and (runs["sharded"] / "eval" / "dev").is_dir()

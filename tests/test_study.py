@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 import torch
 from helpers import REPO
 
-from jsarag.study.compare import RunResult, paired_bootstrap, results_table, sampler_table, significance_rows
+from jsarag.study.compare import (
+    RunResult,
+    paired_bootstrap,
+    results_table,
+    sampler_table,
+    settings_text,
+    significance_rows,
+    step_seconds,
+    step_spread,
+)
 from jsarag.study.variance import RunningVariance, format_variance
 
 
@@ -51,6 +61,43 @@ def test_results_table_reports_mean_and_std_over_seeds():
     table = "\n".join(results_table(runs))
     assert "| m | 2 | 50.00 ± 70.71 |" in table  # EM 100 and 0: mean 50, sample std 70.71
     assert "15.00 ± 7.07" in table  # seconds per 100 steps 10 and 20
+
+
+def test_a_run_slowed_for_half_its_steps_is_flagged_and_a_steady_one_is_not():
+    def records(seconds: list[float]) -> list[dict]:  # as metrics.jsonl has them: header, steps, evaluation
+        return [{"step": 0, "run": {"precision": "fp32"}},
+                *({"step": i + 1, "loss": 1.0, "seconds": s} for i, s in enumerate(seconds)),
+                {"step": len(seconds), "eval/em": 0.0}]
+
+    # Step 1 (warm-up, 9 s) is left out. Steady: 1.0 s and 1.1 s alternating, deciles 1.0 and 1.1, median 1.05.
+    steady = step_seconds(records([9.0] + [1.0, 1.1] * 10))
+    assert steady == [1.0, 1.1] * 10 and step_spread(steady) == pytest.approx(0.1 / 1.05)
+    # Another process slows the second half to 2 s: deciles 1.0 and 2.0, median 1.5 -> 67%.
+    slowed = step_seconds(records([9.0] + [1.0] * 10 + [2.0] * 10))
+    assert step_spread(slowed) == pytest.approx(1 / 1.5)
+    # One slow step in twenty is not a stretch: p90 stays at 1.0.
+    assert step_spread([1.0] * 19 + [5.0]) == pytest.approx(0.0)
+    runs = []
+    for seed, seconds in enumerate((steady, slowed)):
+        runs.append(run("m", seed, {"q": 1.0}))
+        runs[-1].median_seconds_per_100_steps = 100 * statistics.median(seconds)
+        runs[-1].step_spread = step_spread(seconds)
+    table = "\n".join(results_table(runs))
+    assert "median s / 100 steps | uneven steps |" in table
+    assert "| 127.50 ± 31.82 | seed 1 (67%) |" in table  # medians 105 and 150; only the slowed run flagged
+
+
+def test_settings_name_the_precision_the_runs_resolved_not_the_setting():
+    from jsarag.config import load_config
+
+    cfg = load_config(REPO / "configs" / "tiny.yaml", ["train.precision=auto"])
+    trained = run("m", 0, {"q": 1.0})
+    trained.headers = [{"precision": "bf16", "precision_setting": "auto", "device": "cpu",
+                        "cpu": "AVX512 kernels, native bf16"}]
+    untrained = run("untrained", -1, {"q": 0.0})  # no training log, no header
+    text = settings_text(cfg, config="tiny.yaml", overrides=[], out="runs", results=[untrained, trained])
+    assert "precision bf16 (train.precision auto; CPU AVX512 kernels, native bf16)." in text
+    assert "precision auto." in settings_text(cfg, config="tiny.yaml", overrides=[], out="runs")  # no logs yet
 
 
 def test_sampler_table_averages_steps_then_seeds_and_skips_methods_without_a_chain():

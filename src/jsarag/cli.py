@@ -67,23 +67,20 @@ def index_build(config: Path = typer.Argument(..., help="YAML config (data.corpu
                 out: Path = typer.Option(..., "--out", help="Folder to write the index into (new or empty)."),
                 overwrite: bool = typer.Option(False, "--overwrite", help="Replace the index already in --out "
                                                "(only its own files)."),
+                resume: bool = typer.Option(False, "--resume", help="Keep the passage vectors already encoded "
+                                            "into --out by a build that was stopped; encode only the rest."),
                 overrides: Optional[list[str]] = OVERRIDES):
-    """Embed the corpus with the passage encoder and save a FAISS index with its metadata."""
-    from jsarag.config import load_config
-    from jsarag.models.retriever import Retriever
-    from jsarag.outdirs import check_index_out
-    from jsarag.pipeline import encode_index, index_config_text, load_corpus
-    from jsarag.train.distributed import setup
+    """Encode the corpus into float16 vector shards (resumable; one share per process under torchrun), build
+    the FAISS index from them, and save both with their metadata."""
+    from jsarag.pipeline import build_index_folder
 
-    check_index_out(out, overwrite=overwrite)
-    cfg = load_config(config, overrides)
-    corpus = load_corpus(cfg.data)
-    retriever = Retriever.from_config(cfg.retriever)
-    env = setup()
-    retriever.to(env.device)
-    index = encode_index(cfg, corpus, retriever.passage)
-    index.save(out, extra_files={"config.yaml": index_config_text(cfg)})
-    typer.echo(f"indexed {len(index)} passages ({cfg.index.factory}, d={index.meta.dim}) into {out}")
+    index = build_index_folder(config, out, overwrite=overwrite, resume=resume, overrides=overrides)
+    if index is not None:
+        recall = (f", recall@10 {index.meta.recall_at_10:.3f} against exact search on {index.meta.recall_queries}"
+                  if index.meta.recall_at_10 is not None else "")
+        typer.echo(f"indexed {len(index)} passages ({index.meta.factory}"
+                   f"{', ' + index.meta.search_params if index.meta.search_params else ''}, d={index.meta.dim}"
+                   f"{recall}) into {out}")
 
 
 @data_app.command("convert")
@@ -240,7 +237,7 @@ def compare(config: Path = typer.Argument(..., help="Dataset config (e.g. config
     command = " ".join(["jsarag compare", str(config), f"--name {name}", f"--out {out}", f"--seeds {seeds}",
                         f"--methods {methods}", f"--variance-draws {variance_draws}",
                         f"--signal-examples {signal_examples}", *extra])
-    settings = settings_text(load_config(config, extra), config=config, overrides=extra, out=out)
+    settings = settings_text(load_config(config, extra), config=config, overrides=extra, out=out, results=results)
     write_report(report_dir / f"{name}.md", name=name, command=command, settings=settings, results=results,
                  variance_rows=variance_rows, plots=plots, signal_table=signal)
     Console().print(Markdown("\n".join(results_table(results))))

@@ -98,14 +98,21 @@ class GeneratorConfig:
 
 @dataclass
 class IndexConfig:
+    """How passages are indexed (see docs/scale.md): vectors in float16 shards on disk, a FAISS index
+    built from them. ``factory``: ``auto`` (Flat up to 1M passages, HNSW up to 5M, IVF-PQ above, each
+    sized from the corpus), ``Flat``, ``HNSW``, ``IVFPQ``, or any FAISS factory string."""
     path: str | None = None  # a folder built by `jsarag index build`; None: build into the run folder
-    factory: str = "Flat"
-    search_params: str = ""  # e.g. "nprobe=16" or "efSearch=128"
+    factory: str = "auto"
+    search_params: str = ""  # e.g. "nprobe=16" or "efSearch=128"; "" : the chosen kind's own
+    rerank: int | None = None  # re-score rerank*k candidates exactly from the vectors; None: by kind
+    shard_rows: int = 65_536  # passages per vector shard: the unit of resumption and of work per process
     batch_size: int = 64
+    sharded: bool = False  # under torchrun, each process holds 1/N of the index; searches are collective
     refresh_every: int = 0  # steps between re-encodings of the corpus when the passage encoder trains
 
     def validate(self) -> None:
-        check_ranges(self, batch_size=at_least(1), refresh_every=at_least(0))
+        check_ranges(self, rerank=at_least(0), shard_rows=at_least(1), batch_size=at_least(1),
+                     refresh_every=at_least(0))
 
 
 @dataclass
@@ -151,7 +158,7 @@ class TrainConfig:
     batch_size: int = 8  # examples per optimiser step, over all processes and accumulation steps
     grad_accum_steps: int = 1
     seed: int = 0
-    precision: Literal["bf16", "fp32"] = "bf16"
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 where the hardware computes it natively
     log_every: int = 1
     save_every: int = 50
     eval_every: int = 0  # 0: evaluate only at the end

@@ -4,7 +4,8 @@ A command writes only into a folder that does not exist yet, an empty one, or on
 
     run          config.yaml beside checkpoints/, metrics.jsonl or the lock file of `jsarag train`; a
                  folder with the lock file but no config.yaml is a run stopped before its first write
-    index        meta.json and index.faiss (or a save of them being completed)
+    index        meta.json with index.faiss or trained.faiss, a save of them being completed, or the
+                 passage vectors of a build that was stopped (vectors/vectors.json)
     quickstart   quickstart.json or eval_before/ (the quickstart trains into its own folder)
 
 Anything else is refused with one line before a file is written, and nothing a command did not write
@@ -20,7 +21,8 @@ import time
 from pathlib import Path
 
 from jsarag.errors import UserError
-from jsarag.index.faiss_index import COMMIT_DIR, INDEX_FILE, META_FILE, STAGING_DIR
+from jsarag.index.faiss_index import COMMIT_DIR, INDEX_FILE, META_FILE, STAGING_DIR, TRAINED_FILE, VECTORS_DIR
+from jsarag.index.vectors import META_FILE as VECTORS_META
 
 RUN_LOCK = ".jsarag-train.lock"
 
@@ -37,7 +39,8 @@ def is_run(folder: Path) -> bool:
 
 
 def is_index(folder: Path) -> bool:
-    return ((folder / META_FILE).is_file() and (folder / INDEX_FILE).is_file()) or (folder / COMMIT_DIR).is_dir()
+    saved = (folder / META_FILE).is_file() and any((folder / f).is_file() for f in (INDEX_FILE, TRAINED_FILE))
+    return saved or (folder / COMMIT_DIR).is_dir() or (folder / VECTORS_DIR / VECTORS_META).is_file()
 
 
 def is_quickstart(folder: Path) -> bool:
@@ -71,14 +74,15 @@ def check_run_out(run_dir: Path, *, resume: bool) -> bool:
     raise _foreign(run_dir, "a jsarag run folder", "--out")
 
 
-def check_index_out(out: Path, *, overwrite: bool) -> None:
+def check_index_out(out: Path, *, overwrite: bool, resume: bool = False) -> None:
     """Raise UserError unless `jsarag index build` may write an index into ``out``. Reads only."""
     if is_empty(out, ignoring=(STAGING_DIR,)):  # a first save that was killed is replaced
         return
     if is_index(out):
-        if not overwrite:
-            raise UserError(f"{out} already holds an index: pass --overwrite to replace it (only the index's "
-                            f"own files are replaced), or choose another --out")
+        if not (overwrite or resume):
+            raise UserError(f"{out} already holds an index: pass --resume to finish a build that was stopped, "
+                            f"--overwrite to replace it (only the index's own files are replaced), or choose "
+                            f"another --out")
         return
     raise _foreign(out, "an index folder", "--out")
 

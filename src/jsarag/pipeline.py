@@ -7,7 +7,10 @@ in the same way and fails with the same messages.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.resources
+import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from jsarag.models.generator import Generator
 from jsarag.models.pretrained import ModelNotFoundError
 from jsarag.models.rag import RAGModel
 from jsarag.models.retriever import Retriever
+from jsarag.train import distributed as dist
 from jsarag.train.checkpoint import check_intact
 from jsarag.train.distributed import autocast, setup
 
@@ -113,21 +117,91 @@ def index_config_text(cfg: Config) -> str:
                            "data": {"corpus": cfg.data.corpus}}, sort_keys=False)
 
 
-def encode_index(cfg: Config, corpus: Corpus, encoder: Encoder, *, progress: bool = True) -> PassageIndex:
-    """A new index of ``corpus`` by ``encoder``, on the device the encoder is on, under ``train.precision``
-    (bf16 encodes MiniLM about 1.7x faster on a CPU with native bf16), with the config's index settings."""
+def _index_settings(cfg: Config, device: torch.device) -> dict:
+    ix = cfg.index
+    return dict(factory=ix.factory, search_params=ix.search_params, rerank=ix.rerank, shard_rows=ix.shard_rows,
+                batch_size=ix.batch_size, precision=dist.resolve_precision(cfg.train.precision, device),
+                extra_files={"config.yaml": index_config_text(cfg)})
+
+
+def encode_index(cfg: Config, corpus: Corpus, encoder: Encoder, path: Path, *, env: dist.DistEnv | None = None,
+                 resume: bool = False, strict: bool = True, progress: bool = True) -> PassageIndex:
+    """A new index of ``corpus`` by ``encoder`` in ``path``, with the config's index settings: every process
+    encodes its shards on its device under ``train.precision``, the first builds and saves the index, and
+    each then opens it (its own shard when ``index.sharded``). Collective under torchrun."""
+    env = env or dist.single_process(encoder.device)
     with autocast(encoder.device, cfg.train.precision):
-        return build_index(corpus, encoder, factory=cfg.index.factory, search_params=cfg.index.search_params,
-                           batch_size=cfg.index.batch_size, progress=progress)
+        built = build_index(corpus, encoder, path, resume=resume, strict=strict, rank=env.rank,
+                            world=env.world_size, barrier=lambda: dist.barrier(env),
+                            whole=not (cfg.index.sharded and env.distributed), progress=progress and env.is_main,
+                            **_index_settings(cfg, encoder.device))
+    dist.barrier(env)
+    if built is not None and not built.sharded:
+        return built
+    return open_index(cfg, path, env, progress=progress)
+
+
+def build_index_folder(config: str | Path, out: Path, *, overwrite: bool = False, resume: bool = False,
+                       overrides: list[str] | None = None) -> PassageIndex | None:
+    """`jsarag index build`: the config's corpus encoded into ``out`` (a share of the shards per process
+    under torchrun, resumable), the index built from the vectors and saved, an approximate index's recall
+    measured with up to 200 of the config's questions. Returns the index on the main process."""
+    from jsarag.config import load_config
+    from jsarag.data import Batch
+    from jsarag.outdirs import check_index_out
+
+    check_index_out(out, overwrite=overwrite, resume=resume)
+    cfg = load_config(config, overrides)
+    env = setup()
+    try:
+        with dist.local_main_first(env):
+            corpus = load_corpus(cfg.data, progress=env.is_main)
+        retriever = build_retriever(cfg).to(env.device)
+        queries = None
+        split = next((s for s in ("dev", "train", "test") if getattr(cfg.data, s)), None)
+        if split and env.is_main:  # the questions the index will serve, for its recall
+            try:
+                examples = load_split(cfg.data, split, corpus, progress=False)
+            except DataError as err:  # the index needs only the corpus: recall is then measured otherwise
+                print(f"note: recall measured with passage vectors, not data.{split}: {err}", file=sys.stderr)
+            else:
+                texts = Batch.from_examples(list(examples[:200])).queries
+                with autocast(env.device, cfg.train.precision):
+                    queries = retriever.prior.encode(texts, batch_size=cfg.index.batch_size)
+        dist.barrier(env)  # every process has checked --out before the first one writes
+        with autocast(env.device, cfg.train.precision):
+            return build_index(corpus, retriever.passage, out, resume=resume, queries=queries, rank=env.rank,
+                               world=env.world_size, barrier=lambda: dist.barrier(env), whole=not cfg.index.sharded,
+                               progress=env.is_main, **_index_settings(cfg, env.device))
+    finally:
+        dist.cleanup(env)
+
+
+def open_index(cfg: Config, path: Path, env: dist.DistEnv | None = None, *, progress: bool = False) -> PassageIndex:
+    """The index saved in ``path``: whole, or this process's shard when ``index.sharded`` under torchrun."""
+    shard = (env.rank, env.world_size) if env is not None and cfg.index.sharded else None
+    return PassageIndex.load(path, shard=shard, progress=progress and env is not None and env.is_main)
+
+
+def cached_index_dir(cfg: Config, corpus: Corpus, encoder: Encoder) -> Path:
+    """Where an index with no folder of its own is kept (``$JSARAG_CACHE/indexes``), keyed by the corpus,
+    the encoder's weights, the index settings and the precision of the encoding, so that e.g.
+    `jsarag ask CONFIG` builds it once."""
+    from jsarag.models.pretrained import cache_dir
+
+    key = json.dumps([corpus.fingerprint(), encoder.identity(), to_dict(cfg.index),
+                      dist.resolve_precision(cfg.train.precision, encoder.device)], sort_keys=True, default=str)
+    return cache_dir() / "indexes" / hashlib.blake2b(key.encode(), digest_size=10).hexdigest()
 
 
 def prepare_index(cfg: Config, corpus: Corpus, model: RAGModel | Retriever, *, build_dir: Path | None = None,
-                  checkpoint: Path | None = None, progress: bool = True) -> PassageIndex:
+                  checkpoint: Path | None = None, env: dist.DistEnv | None = None, progress: bool = True
+                  ) -> PassageIndex:
     """The index this run searches, attached to the retriever (``model``'s, or ``model`` itself).
 
-    In order of preference: the index saved in the checkpoint (a trained passage encoder), the
-    folder named by ``index.path``, one already built in ``build_dir``, or a new one built now (and
-    saved to ``build_dir`` when given) by :func:`encode_index`.
+    In order of preference: the index saved in the checkpoint (a trained passage encoder), the folder
+    named by ``index.path``, one already built in ``build_dir``, or a new one built now by
+    :func:`encode_index` into ``build_dir`` (default: the index cache). Collective under torchrun.
     """
     retriever = model.retriever if isinstance(model, RAGModel) else model
     candidates = []
@@ -135,14 +209,15 @@ def prepare_index(cfg: Config, corpus: Corpus, model: RAGModel | Retriever, *, b
         candidates.append(Path(checkpoint) / "index")
     if cfg.index.path is not None:
         candidates.append(Path(cfg.index.path))
-    elif build_dir is not None and (build_dir / "meta.json").is_file():
-        candidates.append(build_dir)
-    if candidates:
-        index = PassageIndex.load(candidates[0])
     else:
-        index = encode_index(cfg, corpus, retriever.passage, progress=progress)
-        if build_dir is not None:
-            index.save(build_dir, extra_files={"config.yaml": index_config_text(cfg)})
+        build_dir = build_dir or cached_index_dir(cfg, corpus, retriever.passage)
+        if (build_dir / "meta.json").is_file():
+            candidates.append(build_dir)
+    if candidates:
+        index = open_index(cfg, candidates[0], env, progress=progress)
+    else:
+        index = encode_index(cfg, corpus, retriever.passage, build_dir, env=env, resume=True, strict=False,
+                             progress=progress)
     retriever.attach(index, corpus)
     return index
 
@@ -222,13 +297,14 @@ def load_run(target: str | Path | Config, overrides: list[str] | None = None, *,
         build_dir = run_dir / "index"
     corpus = load_corpus(cfg.data, progress=progress)
     check_data_sizes(cfg, len(corpus))
-    device = setup().device
+    env = setup()
+    device = env.device
     if generator:
         model = build_model(cfg, ckpt).to(device)
         retriever = model.retriever
     else:
         model = None
         retriever = build_retriever(cfg, ckpt).to(device)
-    index = prepare_index(cfg, corpus, retriever, build_dir=build_dir, checkpoint=ckpt, progress=progress)
+    index = prepare_index(cfg, corpus, retriever, build_dir=build_dir, checkpoint=ckpt, env=env, progress=progress)
     return Run(cfg=cfg, corpus=corpus, retriever=retriever, model=model, index=index, device=device,
                checkpoint=ckpt, run_dir=run_dir)

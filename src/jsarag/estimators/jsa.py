@@ -8,7 +8,8 @@ Proposal: the posterior retriever q(h | x, y). Per example:
 
 1. U = topK prior ∪ topK posterior (∪ the cached state); log p_r and log q renormalised over U.
 2. Draw m proposals h'_1..h'_m ~ q, i.i.d., with replacement.
-3. Score log p_g(y|x,h') without gradient, once per DISTINCT proposal (at most |U| passes).
+3. Score log p_g(y|x,h') without gradient, once per DISTINCT proposal (at most |U| passes; with
+   ``scoring: one_pass``, with gradient, the graph kept for step 5).
 4. MIS in log space, with  log w(h) = log p_r(h|x) + log p_g(y|x,h) - log q(h|x,y):
        h_1 = h'_1 (or h_0 = the cached state and proposals start at i = 1)
        accept h'_i with probability min(1, w(h'_i) / w(h_{i-1})), else h_i = h_{i-1}.
@@ -26,6 +27,19 @@ Switches (default = textbook JSA, exact):
 - ``candidates``: ``union`` (released code) or ``posterior`` top K only (an earlier prototype).
 - ``score_all_proposals``: the released code's cost profile, as a reference for benchmarks: the
   generator scores all m proposals and all m chain states, duplicates included (same estimate).
+  It always scores in two passes (``scoring`` applies to the deduplicated path only).
+- ``scoring``: ``two_pass`` (steps 3 and 5 as written: the distinct proposals without gradient, then
+  the distinct chain states again with gradient), ``one_pass`` (step 3 runs WITH gradient and keeps
+  the graph; the sampler reads the detached values and step 5 back-propagates through that same
+  graph, where only the kept states carry weight), or ``auto`` (one pass on CUDA, two elsewhere).
+  Same chain, same loss, same gradients, when the generator has no active dropout (see deviation 4).
+  Costs: one pass saves the forward pass of the kept states but runs its forward with gradient and
+  its backward over every distinct proposal (the proposals the chain left get zero gradient, yet the
+  batched backward still computes them). Memory: it holds the generator activations of all distinct
+  proposals until the backward, not only those of the kept states (~11 against ~4 sequences per
+  question with the pretrained models of benchmarks/step_cost.py); ``score_batch_size`` still
+  chunks the forward, but every chunk keeps its graph, so it no longer bounds that memory. When
+  each mode wins, and what ``auto`` rests on: ``resolve_scoring``.
 
 Deviations from the paper:
 1. Distinct proposals and distinct states are scored once each (the released code scores all m).
@@ -34,6 +48,10 @@ Deviations from the paper:
 3. The scoring pass of step 3 runs with dropout off: the acceptance ratio then uses the model's
    likelihood rather than a dropout-perturbed draw of it (which moved log p_g by ~0.5 nat with LoRA
    dropout 0.05), and the pass is ~20% faster. The gradient pass of step 5 keeps dropout.
+4. With ``scoring: one_pass`` the scoring pass is also the gradient pass, so it keeps deviation 3:
+   the generator trains without dropout (the retrievers keep theirs), and without activation
+   checkpointing, which transformers applies in training mode only. two_pass is the choice for a
+   run that relies on generator dropout; ``auto`` keeps two passes for a generator that checkpoints.
 """
 
 from __future__ import annotations
@@ -43,7 +61,7 @@ from typing import Literal
 
 import torch
 
-from jsarag.configtools import at_least, check_ranges
+from jsarag.configtools import OutOfRange, at_least, check_ranges
 from jsarag.data import Batch
 from jsarag.estimators.base import (
     candidate_union,
@@ -63,9 +81,40 @@ class JSAConfig:
     chain_cache: bool = False
     candidates: Literal["union", "posterior"] = "union"
     score_all_proposals: bool = False
+    scoring: Literal["auto", "two_pass", "one_pass"] = "auto"
 
     def validate(self) -> None:
         check_ranges(self, num_proposals=at_least(1))
+        if self.scoring == "one_pass" and self.score_all_proposals:
+            raise OutOfRange("scoring", self.scoring,
+                             "two_pass or auto with score_all_proposals (the released profile's two passes)")
+
+
+def resolve_scoring(cfg: JSAConfig, device: torch.device, checkpointing: bool = False
+                    ) -> Literal["two_pass", "one_pass"]:
+    """The scoring mode a step runs: ``cfg.scoring``, with ``auto`` decided by the device (and two
+    passes whenever the generator uses activation checkpointing: deviation 4).
+
+    Per distinct proposal, one pass costs a forward with gradient and a backward (F + B); two passes
+    cost a forward without gradient (F0) per distinct proposal plus F + B per distinct state. On CPU
+    F0 is ~0.4 (F + B), so one pass wins only where the chain keeps over ~60% of the distinct
+    proposals, and it keeps fewer: 40-46% at the initial weights, 31% in training (K=10, m=50).
+    Measured (benchmarks/step_cost.py --quick, SmolLM2-135M + LoRA, bf16 autocast, AVX512 with
+    avx512_bf16, 1 thread, two seeds): one_pass / two_pass = 1.18 and 1.25 per step (0.74-0.89 on
+    questions keeping 70-90%, 1.39-1.76 on those keeping 10-25%). Hence two passes on CPU. On CUDA a
+    small micro-batch costs its kernel launches more than its rows, and one pass saves a whole
+    forward pass: one pass there (not measured on a GPU yet).
+    """
+    if cfg.score_all_proposals:
+        return "two_pass"
+    if cfg.scoring != "auto":
+        return cfg.scoring
+    return "one_pass" if device.type == "cuda" and not checkpointing else "two_pass"
+
+
+def activation_checkpointing(module: torch.nn.Module) -> bool:
+    """Whether any submodule checkpoints its activations (transformers' own test, version-proof)."""
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in module.modules())
 
 
 def log_importance_weights(log_prior: torch.Tensor, seq_loglik: torch.Tensor, log_post: torch.Tensor
@@ -144,6 +193,7 @@ class JSA:
     def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         retriever, cfg = model.retriever, self.cfg
         M = cfg.num_proposals
+        scoring = resolve_scoring(cfg, model.generator.device, activation_checkpointing(model.generator))
         # 1. Candidate set U and both retrievers' log-probabilities over it (with gradient).
         prior_query = retriever.prior_vectors(batch.queries)                               # [B, d]
         post_query = retriever.posterior_vectors(batch.queries, batch.answers)             # [B, d]
@@ -159,7 +209,8 @@ class JSA:
         K = rows.shape[1]
         # 2. m proposals from q.
         proposals = sample_candidates(log_post, M)                                         # [B, M]
-        # 3. Generator log-likelihood of each distinct proposal (and the cached state), no gradient.
+        # 3. Generator log-likelihood of each distinct proposal (and the cached state), dropout off:
+        #    without gradient (two_pass), or with it and the graph kept for step 5 (one_pass).
         init = None
         if cached is not None and (cached >= 0).any():
             has = cached[:, 0] >= 0
@@ -167,7 +218,7 @@ class JSA:
         to_score = count_states(proposals, K) > 0
         if init is not None:
             to_score[torch.arange(len(batch)), init] = True
-        with torch.inference_mode(), scoring_mode(model.generator):
+        with torch.inference_mode(scoring == "two_pass"), scoring_mode(model.generator):
             if cfg.score_all_proposals:  # released cost profile: every proposal, duplicates included
                 picks = proposals if init is None else torch.cat([init[:, None], proposals], 1)
                 seq_loglik = torch.zeros(rows.shape, device=rows.device).scatter(
@@ -175,16 +226,18 @@ class JSA:
             else:
                 seq_loglik = score_selected(model, batch, rows, to_score, cfg.reduction)   # [B, K']
         # 4. Metropolis independence sampling in log space.
-        log_w = log_importance_weights(log_prior.detach(), seq_loglik, log_post.detach())
+        log_w = log_importance_weights(log_prior.detach(), seq_loglik.detach(), log_post.detach())
         log_u = torch.rand(proposals.shape, device=proposals.device).log()
         states, accepted = mis_chain(log_w, proposals, log_u, init)                        # [B, M]
-        # 5. Loss averaged over chain states; generator gradient once per distinct state.
+        # 5. Loss averaged over chain states; generator gradient once per distinct state (one_pass:
+        #    through step 3's graph, where the proposals the chain left weigh 0).
         weights = count_states(states, K) / M                                              # [B, K']
         if cfg.score_all_proposals:  # the same loss from all m states, duplicates included
             loss_gen = -score_picks(model, batch, rows, states, cfg.reduction).mean(-1)
             _, loss_prior, loss_post = jsa_losses(weights, torch.zeros_like(weights), log_prior, log_post)
         else:
-            seq_loglik_grad = score_selected(model, batch, rows, weights > 0, cfg.reduction)  # [B, K']
+            seq_loglik_grad = (seq_loglik if scoring == "one_pass"
+                               else score_selected(model, batch, rows, weights > 0, cfg.reduction))  # [B, K']
             loss_gen, loss_prior, loss_post = jsa_losses(weights, seq_loglik_grad, log_prior, log_post)
         loss = (loss_gen + loss_prior + loss_post).mean()
         if cfg.chain_cache:

@@ -65,7 +65,7 @@ def answer_batch(model: RAGModel, batch: Batch, cfg: EvalConfig, depth: int) -> 
 
 
 def evaluate(model: RAGModel, examples: Sequence[Example], cfg: EvalConfig, *, device: torch.device,
-             precision: str = "bf16", progress: bool = True) -> EvalResult:
+             precision: str = "auto", progress: bool = True) -> EvalResult:
     was_training = model.training
     model.eval()
     depth = max(cfg.top_k, *cfg.retrieval_ks)

@@ -6,7 +6,9 @@
 
 Candidates C are rows of the corpus, given as a [B, K] index tensor with an optional [B, K] mask
 (the JSA union has a different size per example). When the passage encoder is frozen, candidate
-vectors are read back from the FAISS index: the exact vectors that were searched, no re-encoding.
+vectors are read from the index's vector store: the exact vectors that were indexed, no re-encoding,
+whatever compression the FAISS index uses. When it trains, candidates are re-encoded with gradient, and
+the cosine between their stored and fresh vectors is recorded (how stale the index has become).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class Retriever(nn.Module):
         self.passage.requires_grad_(train_passage_encoder)
         self.index: "PassageIndex | None" = None
         self.corpus: Corpus | None = None
+        self._stale_cosines: list[float] = []
 
     @classmethod
     def from_config(cls, cfg: "RetrieverConfig", checkpoint: str | Path | None = None) -> "Retriever":
@@ -112,12 +115,22 @@ class Retriever(nn.Module):
 
     def candidate_vectors(self, rows: torch.Tensor) -> torch.Tensor:
         """[B, K] rows -> [B, K, d] passage vectors (with gradient only if the passage encoder trains)."""
+        index = self._require_index()
         if not self.train_passage_encoder:
-            vectors = self._require_index().reconstruct(rows.cpu().numpy())
-            return torch.from_numpy(vectors).to(rows.device)
+            return torch.from_numpy(index.vectors(rows.cpu().numpy())).to(rows.device)
         unique, inverse = torch.unique(rows, return_inverse=True)
         texts = [passage_text(self.corpus[int(r)]) for r in unique.tolist()]
-        return self.passage(texts)[inverse]
+        fresh = self.passage(texts)  # [U, d]
+        stored = torch.from_numpy(index.vectors(unique.cpu().numpy())).to(fresh.device)
+        cosine = torch.nn.functional.cosine_similarity(fresh.detach().float(), stored, dim=-1)
+        self._stale_cosines.append(cosine.mean().item())
+        return fresh[inverse]
+
+    def pop_staleness(self) -> dict[str, float]:
+        """Mean cosine between the stored and the freshly encoded vectors of the candidates scored since
+        the last call (1.0: the index is up to date), for the run log; empty when none were re-encoded."""
+        cosines, self._stale_cosines = self._stale_cosines, []
+        return {"index/candidate_cosine": sum(cosines) / len(cosines)} if cosines else {}
 
     def log_probs(self, vectors: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor | None = None
                   ) -> torch.Tensor:

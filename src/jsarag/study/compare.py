@@ -20,6 +20,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from jsarag.train.logger import read_metrics
 
 REPORT_METRICS = ("em", "f1", "rougeL", "bleu4", "recall@1", "recall@5", "mrr@10")
 PAIRED_METRICS = ("em", "f1", "recall@1")
+UNEVEN_STEPS = 0.25  # a run whose step_spread exceeds this is flagged in the report
 
 
 @dataclass
@@ -40,9 +42,12 @@ class RunResult:
     seed: int
     summary: dict[str, float]
     per_question: dict[str, dict[str, float]]  # metric -> {question id -> value}
-    seconds_per_100_steps: float = math.nan
+    seconds_per_100_steps: float = math.nan  # mean step time x 100
+    median_seconds_per_100_steps: float = math.nan
+    step_spread: float = math.nan  # see step_spread()
     peak_memory_mib: float = math.nan
     curves: list[dict] = field(default_factory=list)
+    headers: list[dict] = field(default_factory=list)  # the run's log headers: precision and hardware, per start
 
 
 def _jsarag(args: list[str], log: Path) -> None:
@@ -81,18 +86,36 @@ def cached_json(path: Path, compute, key: object = None):
     return value
 
 
+def step_seconds(records: list[dict]) -> list[float]:
+    """The training steps' times from a run's ``metrics.jsonl`` records, step 1 (warm-up) left out."""
+    steps = [r for r in records if "loss" in r]
+    return [r["seconds"] for r in steps[1:]] or [r["seconds"] for r in steps]
+
+
+def step_spread(seconds: list[float]) -> float:
+    """How unevenly a run's steps ran: (p90 - p10) / median of its step times. Deciles rather than the extremes
+    or the standard deviation: a few slow steps (a garbage collection, a cold cache) leave it alone, while a
+    stretch of slowed steps, e.g. another process on the machine for more than a tenth of the run, widens it."""
+    if len(seconds) < 2:
+        return math.nan
+    deciles = statistics.quantiles(seconds, n=10, method="inclusive")
+    return (deciles[-1] - deciles[0]) / statistics.median(seconds)
+
+
 def _collect(method: str, seed: int, eval_dir: Path, run_dir: Path | None) -> RunResult:
     summary = json.loads((eval_dir / "summary.json").read_text())
     result = RunResult(method, seed, summary, _per_question(eval_dir / "predictions.jsonl"))
     if run_dir is not None:
         result.summary.update(cached_json(run_dir / "eval" / "retriever_recall.json", lambda: run_recall(run_dir)))
         records = read_metrics(run_dir)
-        steps = [r for r in records if "loss" in r]
-        seconds = [r["seconds"] for r in steps[1:]] or [r["seconds"] for r in steps]  # step 1 warms up
+        seconds = step_seconds(records)
         result.seconds_per_100_steps = 100 * statistics.mean(seconds)
+        result.median_seconds_per_100_steps = 100 * statistics.median(seconds)
+        result.step_spread = step_spread(seconds)
         result.peak_memory_mib = next((r["peak_memory_mib"] for r in reversed(records) if "peak_memory_mib" in r),
                                       math.nan)
-        result.curves = steps
+        result.curves = [r for r in records if "loss" in r]
+        result.headers = [r["run"] for r in records if "run" in r]
     return result
 
 
@@ -149,8 +172,19 @@ def signal_rows(config: str | Path, out: str | Path, *, methods: list[str], seed
     return rows
 
 
-def settings_text(cfg, *, config: str | Path, overrides: list[str], out: str | Path) -> str:
-    """The settings every method shares, from the resolved config (the methods differ only in the estimator)."""
+def _precision_text(setting: str, results: Sequence[RunResult]) -> str:
+    """The precision the runs trained in, from their logs' headers: ``auto`` resolves on the training machine."""
+    used = sorted({(h["precision"], f"GPU {h['gpu']}" if "gpu" in h else f"CPU {h['cpu']}")
+                   for r in results for h in r.headers})
+    if not used:  # runs logged before the header existed
+        return setting
+    return " / ".join(f"{precision} (train.precision {setting}; {where})" for precision, where in used)
+
+
+def settings_text(cfg, *, config: str | Path, overrides: list[str], out: str | Path,
+                  results: Sequence[RunResult] = ()) -> str:
+    """The settings every method shares, from the resolved config (the methods differ only in the estimator)
+    and, for the precision, from the runs' logs."""
     e, g, o, t, r = cfg.estimator, cfg.generator, cfg.optim, cfg.train, cfg.retriever
     lora = f" + LoRA (r {g.lora.r}, alpha {g.lora.alpha})" if g.lora.enabled else ""
     return "\n".join([
@@ -163,7 +197,8 @@ def settings_text(cfg, *, config: str | Path, overrides: list[str], out: str | P
         f"`{e.jsa.chain_cache}`; VRAG sampled: {e.vrag.num_samples} samples.",
         f"- {t.steps} steps of {t.batch_size} questions ({t.steps * t.batch_size} training questions seen), "
         f"AdamW, learning rates generator {o.lr_generator:g}, prior {o.lr_prior:g}, posterior {o.lr_posterior:g}, "
-        f"{o.warmup_steps} warm-up steps then {o.schedule}, clipping {o.max_grad_norm}, precision {t.precision}.",
+        f"{o.warmup_steps} warm-up steps then {o.schedule}, clipping {o.max_grad_norm}, "
+        f"precision {_precision_text(t.precision, results)}.",
         f"- Evaluation on `{cfg.eval.split}` ({cfg.data.max_eval_examples or 'all'} examples): the prior's top "
         f"{cfg.eval.top_k}, decoding `{cfg.eval.decode}`, at most {cfg.eval.max_new_tokens} new tokens.",
     ])
@@ -206,13 +241,16 @@ def _by_method(results: list[RunResult], keep=lambda r: True) -> dict[str, list[
 
 def results_table(results: list[RunResult]) -> list[str]:
     groups = _by_method(results)
-    head = ["method", "seeds", *REPORT_METRICS, "s / 100 steps", "peak MiB"]
+    head = ["method", "seeds", *REPORT_METRICS, "s / 100 steps", "median s / 100 steps", "uneven steps", "peak MiB"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, runs in groups.items():
         scale = {k: (100.0 if k.startswith(("recall", "mrr")) else 1.0) for k in REPORT_METRICS}
         cells = [method, str(len(runs))]
         cells += [_mean_std([r.summary.get(k, math.nan) * scale[k] for r in runs]) for k in REPORT_METRICS]
-        cells += [_mean_std([r.seconds_per_100_steps for r in runs]), _mean_std([r.peak_memory_mib for r in runs])]
+        uneven = [f"seed {r.seed} ({100 * r.step_spread:.0f}%)" for r in runs if r.step_spread > UNEVEN_STEPS]
+        cells += [_mean_std([r.seconds_per_100_steps for r in runs]),
+                  _mean_std([r.median_seconds_per_100_steps for r in runs]), ", ".join(uneven) or "-",
+                  _mean_std([r.peak_memory_mib for r in runs])]
         rows.append("| " + " | ".join(cells) + " |")
     return rows
 
@@ -295,7 +333,11 @@ def write_report(path: Path, *, name: str, command: str, settings: str, results:
              "## Results (held-out split; mean ± standard deviation over seeds)", "",
              *results_table(results), "",
              "EM, F1, ROUGE-L and BLEU-4 are on a 0-100 scale; Recall@k and MRR@10 are percentages. "
-             "`s / 100 steps` is the mean step time (first step excluded) x 100; `peak MiB` is the "
+             "`s / 100 steps` and `median s / 100 steps` are the mean and the median step time (first step "
+             "excluded) x 100; `uneven steps` names the seeds whose step times spread by more than "
+             f"{100 * UNEVEN_STEPS:.0f}% ((p90 - p10) / median over the run's steps, in brackets): most often "
+             "another process shared the machine for part of the run, so their times, not their results, are "
+             "suspect (a step cost that varies with the batch widens the spread too). `peak MiB` is the "
              "training process's peak resident memory.", "",
              "## Which differences are beyond noise", "",
              "Paired by seed (same initial weights, same data order) and by question: mean difference in "

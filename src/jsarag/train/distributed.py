@@ -8,14 +8,18 @@ RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR): then the model is wrapped in Dist
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+
+from jsarag.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,11 @@ def setup(device: str = "auto") -> DistEnv:
     return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 
+def single_process(device: torch.device) -> DistEnv:
+    """The environment of one process on ``device`` (for library calls made outside :func:`setup`)."""
+    return DistEnv(rank=0, world_size=1, local_rank=0, device=device)
+
+
 def cleanup(env: DistEnv) -> None:
     if env.distributed and dist.is_initialized():
         dist.destroy_process_group()
@@ -80,9 +89,71 @@ def no_sync(model: torch.nn.Module, skip: bool):
     return contextlib.nullcontext()
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU computes bf16 in hardware (AVX512-BF16 or AMX): torch's own probes where this torch
+    has them, else the flags in /proc/cpuinfo."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if all(callable(probe) for probe in probes):
+        return any(probe() for probe in probes)
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return False
+    flags = {flag for line in lines if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_computes_bf16() -> bool:
+    """Native bf16 that torch will use: the hardware has it and torch's kernels are not held below AVX512
+    (``ATEN_CPU_CAPABILITY=avx2``, which is also how an AVX2-only CPU is emulated)."""
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512") and cpu_has_native_bf16()
+
+
+def cpu_capability() -> str:
+    """For logs, e.g. "AVX512 kernels, native bf16" or "AVX2 kernels, no native bf16"."""
+    native = "native bf16" if cpu_has_native_bf16() else "no native bf16"
+    return f"{torch.backends.cpu.get_cpu_capability()} kernels, {native}"
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``train.precision`` on ``device``: "auto" is bf16 where the hardware computes it natively, else fp32 (bf16
+    is about 1.7x faster than fp32 on CPUs with AVX512-BF16 or AMX, but 3-10x slower on AVX2-only CPUs and on
+    GPUs that emulate it). fp16 is refused on CPUs: slower than fp32 there, and it needs loss scaling."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
+        return "bf16" if device.type == "cpu" and cpu_computes_bf16() else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"train.precision: fp16 needs a CUDA GPU, this process runs on {device.type} "
+                          f"(use auto, bf16 or fp32)")
+    return precision
+
+
+def precision_header(precision: str, device: torch.device) -> dict[str, str]:
+    """What a run's log and a benchmark's machine section record: the setting, what it resolved to, where."""
+    header = {"precision": resolve_precision(precision, device), "precision_setting": precision,
+              "device": str(device), "cpu": cpu_capability()}
+    if device.type == "cuda":
+        header["gpu"] = torch.cuda.get_device_name(device)
+    return header
+
+
 def autocast(device: torch.device, precision: str):
-    """bf16 autocast (on CPUs with native bf16 it halves generator time); a no-op for fp32."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    """Autocast to the resolved ``precision`` (bf16 halves generator time on CPUs with native bf16); a no-op
+    for fp32."""
+    resolved = resolve_precision(precision, device)
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES.get(resolved, torch.bfloat16),
+                          enabled=resolved in AUTOCAST_DTYPES)
+
+
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaling for resolved fp16, whose narrow exponent range flushes small gradients to zero; for the
+    other precisions its scale/unscale_/step/update pass straight through to the optimizer."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
 def mean_across(values: dict[str, float], env: DistEnv) -> dict[str, float]:

@@ -9,7 +9,9 @@ step, so a resumed run sees exactly the batches an uninterrupted run would.
 
 A step whose loss or gradient norm is not finite (on any process) changes nothing but the data position;
 ``train.max_nonfinite_steps`` such steps in a row stop the run (``TrainingDivergedError``), and weights
-that are not finite are never saved. The run folder is locked for the whole run (see ``jsarag.outdirs``).
+that are not finite are never saved. Under fp16 the loss is scaled (``dist.grad_scaler``): a step whose
+scaled gradients overflow is such a skipped step, and the scale shrinks. The run folder is locked for the
+whole run (see ``jsarag.outdirs``).
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, env: dist.DistEnv, held: co
     tc = cfg.train
     # 1. Check everything that can be wrong before writing anything.
     check_batch_size(cfg, env.world_size)
+    precision = dist.resolve_precision(tc.precision, env.device)  # e.g. fp16 on a CPU is refused here
     existing = outdirs.check_run_out(run_dir, resume=resume)  # a folder of another kind is refused untouched
     checkpoint = latest_checkpoint(run_dir) if existing else None
     if existing and (run_dir / "config.yaml").is_file():
@@ -166,17 +169,16 @@ def _train(cfg: Config, run_dir: Path, resume: bool, env: dist.DistEnv, held: co
     model.set_trainable(trainable)
     show = env.is_main and tc.progress
     index_dir = run_dir / "index" if cfg.index.path is None else None
-    model.to(env.device)  # a new index is encoded on the run's device
+    model.to(env.device)  # a new index is encoded on the run's device, a share of its shards per process
+    index = prepare_index(cfg, corpus, model, build_dir=index_dir, checkpoint=checkpoint, env=env, progress=show)
     if env.is_main:
-        index = prepare_index(cfg, corpus, model, build_dir=index_dir, checkpoint=checkpoint, progress=show)
         save_run_config(cfg, run_dir)  # only now: a mismatched index above must leave no run behind
     dist.barrier(env)
-    if not env.is_main:
-        index = prepare_index(cfg, corpus, model, build_dir=index_dir, checkpoint=checkpoint, progress=False)
     model.train()
     ddp = dist.wrap(model, env)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, tc.steps)
+    scaler = dist.grad_scaler(precision, env.device)
     params = component_parameters(model)
     trainable_params = [p for ps in params.values() for p in ps]
     start = 0
@@ -186,7 +188,12 @@ def _train(cfg: Config, run_dir: Path, resume: bool, env: dist.DistEnv, held: co
         dist.set_rng_state(rng_states[env.rank])
     schedule = BatchSchedule(len(train_set), tc.batch_size, tc.seed)
     logger = RunLogger(run_dir, enabled=env.is_main, tensorboard=tc.tensorboard, resume_step=start)
+    header = dist.precision_header(tc.precision, env.device)
+    logger.log(start, {"run": header})  # one per start: a resumed run may run on other hardware
+    _note(env, f"precision {precision} (train.precision {tc.precision}; {header['device']}, {header['cpu']})")
     refresh = cfg.retriever.train_passage_encoder and cfg.index.refresh_every > 0
+    # The main process evaluates; over a sharded index every process searches with it (the same questions).
+    evaluates = env.is_main or index.sharded
 
     # 3. Optimisation steps.
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc="training", disable=not show)
@@ -199,31 +206,39 @@ def _train(cfg: Config, run_dir: Path, resume: bool, env: dist.DistEnv, held: co
         finite = True
         for i, indices in enumerate(micro):
             batch = Batch.from_examples([train_set[j] for j in indices])
-            with dist.no_sync(ddp, i < len(micro) - 1), dist.autocast(env.device, tc.precision):
+            with dist.no_sync(ddp, i < len(micro) - 1), dist.autocast(env.device, precision):
                 loss, metrics = ddp(batch, estimator)
-            (loss / len(micro)).backward()
+            scaler.scale(loss / len(micro)).backward()
             finite = finite and bool(torch.isfinite(loss.detach()).item())
             for key, value in metrics.items():
                 sums[key] += value / len(micro)
+        scaler.unscale_(optimizer)  # norms and clipping see the true gradients
         norms = grad_norms(params)
         torch.nn.utils.clip_grad_norm_(trainable_params, cfg.optim.max_grad_norm)
         lrs = {f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups if "no_decay" not in g["name"]}
         # A non-finite loss or gradient on any process skips the update on all of them (replicas stay equal).
         finite = dist.all_true(finite and all(math.isfinite(v) for v in norms.values()), env)
         if finite:
-            optimizer.step()
+            scaler.step(optimizer)
             scheduler.step()
+        scaler.update()  # after an fp16 overflow (a skipped step) the loss scale shrinks
         skipped = 0 if finite else skipped + 1
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
+        staleness = {}
+        if cfg.retriever.train_passage_encoder:  # how stale the index was that this step's candidates came from
+            staleness = {"index/steps_since_refresh": done % cfg.index.refresh_every if refresh else done,
+                         **dist.mean_across(model.retriever.pop_staleness(), env)}
         if refresh and done % cfg.index.refresh_every == 0:  # re-embed the corpus with the new encoder
-            index = encode_index(cfg, corpus, model.retriever.passage, progress=False)
+            index = encode_index(cfg, corpus, model.retriever.passage, run_dir / "index", env=env, resume=True,
+                                 strict=False, progress=False)  # a refresh killed halfway resumes
             model.retriever.attach(index, corpus)
         for updates in dist.gather_objects(estimator.pop_updates(), env):  # e.g. JSA chain caches
             estimator.apply_updates(updates)
         record = dist.mean_across(dict(sums), env)
         record.update({f"grad_norm/{k}": v for k, v in norms.items()})
         record.update(lrs)
+        record.update(staleness)
         record["seconds"] = time.perf_counter() - began
         if not finite:
             record["skipped_nonfinite"] = skipped
@@ -250,15 +265,16 @@ def _train(cfg: Config, run_dir: Path, resume: bool, env: dist.DistEnv, held: co
                                         estimator=estimator, cfg=cfg, rng_states=rng_states, keep=tc.keep_checkpoints,
                                         index=index if cfg.retriever.train_passage_encoder else None)
             dist.barrier(env)
-        if dev_set and env.is_main and tc.eval_every and done % tc.eval_every == 0 and done < tc.steps:
+        if dev_set and evaluates and tc.eval_every and done % tc.eval_every == 0 and done < tc.steps:
             result = evaluate(model, dev_set, cfg.eval, device=env.device, precision=tc.precision, progress=show)
             logger.log(done, {f"eval/{k}": v for k, v in result.summary.items()})
         dist.barrier(env)
 
     # 4. The final evaluation; also for a resumed run whose final evaluation was interrupted.
-    if dev_set and env.is_main and not _final_eval_logged(run_dir, tc.steps):
+    if dev_set and evaluates and not _final_eval_logged(run_dir, tc.steps):
         result = evaluate(model, dev_set, cfg.eval, device=env.device, precision=tc.precision, progress=show)
-        write_result(result, run_dir / "eval" / eval_split)
+        if env.is_main:
+            write_result(result, run_dir / "eval" / eval_split)
         logger.log(tc.steps, {f"eval/{k}": v for k, v in result.summary.items()})
     dist.barrier(env)
     logger.close()
