@@ -157,14 +157,16 @@ def _shards(out: Path) -> int:
 def test_index_build_killed_halfway_then_resumed_equals_an_uninterrupted_build(tmp_path):
     """SIGKILL `jsarag index build` once about half of its shards are on disk; `--resume` encodes only the
     rest and ends with the same vectors (byte for byte) and the same FAISS index as a build never killed."""
+    from jsarag.errors import UserError
+    from jsarag.outdirs import check_index_out
+    from jsarag.pipeline import build_index_folder
+
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    args = [TINY, "index.shard_rows=10", "index.batch_size=1"]  # 19 shards, one passage per batch
+    overrides = ["index.shard_rows=10", "index.batch_size=1"]  # 19 shards, one passage per batch
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    done = subprocess.run([sys.executable, "-m", "jsarag", "index", "build", *args[:1], "--out", str(whole),
-                           *args[1:]], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    proc = subprocess.Popen([sys.executable, "-m", "jsarag", "index", "build", *args[:1], "--out", str(killed),
-                             *args[1:]], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    build_index_folder(TINY, whole, overrides=overrides)  # the uninterrupted build, in this process
+    command = [sys.executable, "-m", "jsarag", "index", "build", TINY, "--out", str(killed), *overrides]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while _shards(killed) < 9 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -173,11 +175,9 @@ def test_index_build_killed_halfway_then_resumed_equals_an_uninterrupted_build(t
     before = _shards(killed)
     assert 0 < before < 19, f"the kill came at {before} of 19 shards"
     assert not (killed / "index.faiss").exists()
-    refused = subprocess.run([sys.executable, "-m", "jsarag", "index", "build", *args[:1], "--out", str(killed),
-                              *args[1:]], env=env, capture_output=True, text=True, timeout=600)
-    assert refused.returncode == 2 and "--resume" in refused.stderr
-    resumed = subprocess.run([sys.executable, "-m", "jsarag", "index", "build", *args[:1], "--out", str(killed),
-                              "--resume", *args[1:]], env=env, capture_output=True, text=True, timeout=600)
+    with pytest.raises(UserError, match="--resume"):  # a stopped build is not overwritten by accident
+        check_index_out(killed, overwrite=False)
+    resumed = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     for i in range(19):
         assert (killed / "vectors" / shard_name(i)).read_bytes() == (whole / "vectors" / shard_name(i)).read_bytes()
