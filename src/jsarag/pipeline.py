@@ -117,11 +117,17 @@ def index_config_text(cfg: Config) -> str:
                            "data": {"corpus": cfg.data.corpus}}, sort_keys=False)
 
 
-def _index_settings(cfg: Config, device: torch.device) -> dict:
+def _build(cfg: Config, corpus: Corpus, encoder: Encoder, path: Path, env: dist.DistEnv, *, whole: bool,
+           **options) -> PassageIndex | None:
+    """:func:`build_index` with the config's index settings, every process encoding its shards on its device
+    under ``train.precision`` (the precision is recorded with the vectors)."""
     ix = cfg.index
-    return dict(factory=ix.factory, search_params=ix.search_params, rerank=ix.rerank, shard_rows=ix.shard_rows,
-                batch_size=ix.batch_size, precision=dist.resolve_precision(cfg.train.precision, device),
-                extra_files={"config.yaml": index_config_text(cfg)})
+    with autocast(encoder.device, cfg.train.precision):
+        return build_index(corpus, encoder, path, factory=ix.factory, search_params=ix.search_params,
+                           rerank=ix.rerank, shard_rows=ix.shard_rows, batch_size=ix.batch_size,
+                           precision=dist.resolve_precision(cfg.train.precision, encoder.device),
+                           extra_files={"config.yaml": index_config_text(cfg)}, rank=env.rank,
+                           world=env.world_size, barrier=lambda: dist.barrier(env), whole=whole, **options)
 
 
 def encode_index(cfg: Config, corpus: Corpus, encoder: Encoder, path: Path, *, env: dist.DistEnv | None = None,
@@ -130,11 +136,8 @@ def encode_index(cfg: Config, corpus: Corpus, encoder: Encoder, path: Path, *, e
     encodes its shards on its device under ``train.precision``, the first builds and saves the index, and
     each then opens it (its own shard when ``index.sharded``). Collective under torchrun."""
     env = env or dist.single_process(encoder.device)
-    with autocast(encoder.device, cfg.train.precision):
-        built = build_index(corpus, encoder, path, resume=resume, strict=strict, rank=env.rank,
-                            world=env.world_size, barrier=lambda: dist.barrier(env),
-                            whole=not (cfg.index.sharded and env.distributed), progress=progress and env.is_main,
-                            **_index_settings(cfg, encoder.device))
+    built = _build(cfg, corpus, encoder, path, env, whole=not (cfg.index.sharded and env.distributed), resume=resume,
+                   strict=strict, progress=progress and env.is_main)
     dist.barrier(env)
     if built is not None and not built.sharded:
         return built
@@ -169,10 +172,8 @@ def build_index_folder(config: str | Path, out: Path, *, overwrite: bool = False
                 with autocast(env.device, cfg.train.precision):
                     queries = retriever.prior.encode(texts, batch_size=cfg.index.batch_size)
         dist.barrier(env)  # every process has checked --out before the first one writes
-        with autocast(env.device, cfg.train.precision):
-            return build_index(corpus, retriever.passage, out, resume=resume, queries=queries, rank=env.rank,
-                               world=env.world_size, barrier=lambda: dist.barrier(env), whole=not cfg.index.sharded,
-                               progress=env.is_main, **_index_settings(cfg, env.device))
+        return _build(cfg, corpus, retriever.passage, out, env, whole=not cfg.index.sharded, resume=resume,
+                      queries=queries, progress=env.is_main)
     finally:
         dist.cleanup(env)
 

@@ -25,7 +25,7 @@ import faiss
 import numpy as np
 
 from jsarag.data import Corpus
-from jsarag.index.faiss_index import PassageIndex
+from jsarag.index.faiss_index import PassageIndex, ivf_or_none
 from jsarag.index.vectors import SHARD_ROWS, VectorsMeta, VectorStore, encode_shards
 from jsarag.models.encoder import Encoder
 
@@ -81,18 +81,11 @@ def resolve_choice(factory: str, search_params: str, rerank: int | None, n: int,
         choice = choose_index(factory, n, dim)
     else:
         probe = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-        lists = faiss.extract_index_ivf(probe).nlist if _is_ivf(probe) else 0
+        ivf = ivf_or_none(probe)
+        lists = ivf.nlist if ivf is not None else 0
         choice = IndexChoice(factory, train_size=0 if probe.is_trained else min(n, max(100_000, 256 * lists)))
     return IndexChoice(choice.factory, search_params or choice.search_params,
                        choice.rerank if rerank is None else rerank, choice.train_size)
-
-
-def _is_ivf(index: faiss.Index) -> bool:
-    try:
-        faiss.extract_index_ivf(index)
-        return True
-    except RuntimeError:
-        return False
 
 
 def exact_top_k(store: VectorStore, queries: np.ndarray, k: int) -> np.ndarray:

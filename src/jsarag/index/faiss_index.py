@@ -100,7 +100,7 @@ class PassageIndex:
         self.location: str | None = None  # the folder it was loaded from, for messages
         if meta.search_params:
             faiss.ParameterSpace().set_index_parameters(index, meta.search_params)
-        ivf = _ivf_or_none(index)
+        ivf = ivf_or_none(index)
         if store is None and ivf is not None:  # without a store, vectors come from reconstruct: direct map
             ivf.make_direct_map()
 
@@ -280,7 +280,8 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def _ivf_or_none(index: faiss.Index):
+def ivf_or_none(index: faiss.Index):
+    """The IVF part of ``index`` (also inside a pre-transform or refine wrapper), or None."""
     try:
         return faiss.extract_index_ivf(index)
     except RuntimeError:

@@ -212,12 +212,6 @@ class VectorStore:
         except Exception:
             pass
 
-    def __getstate__(self):  # picklable without its file descriptors
-        return {"path": self.path, "meta": self.meta}
-
-    def __setstate__(self, state):
-        self.__init__(state["path"], state["meta"])
-
 
 def read_meta(path: Path) -> VectorsMeta | None:
     try:
