@@ -15,7 +15,6 @@ from helpers import tiny_passages
 
 import jsarag.estimators.jsa as jsa_module
 from jsarag.config import GeneratorConfig, LoraConfig, RetrieverConfig
-from jsarag.configtools import OutOfRange
 from jsarag.data import Batch, Corpus, Example
 from jsarag.estimators import JSA, JSAConfig
 from jsarag.estimators.jsa import activation_checkpointing, resolve_scoring
@@ -212,10 +211,6 @@ def test_auto_resolves_by_device(model, batch, monkeypatch):
     finally:
         model.generator.model.gradient_checkpointing_disable()
     assert not activation_checkpointing(model.generator)
-    # The released cost profile always scores in two passes; asking for one pass with it is an error.
-    assert resolve_scoring(JSAConfig(score_all_proposals=True), cuda) == "two_pass"
-    with pytest.raises(OutOfRange):
-        JSAConfig(scoring="one_pass", score_all_proposals=True).validate()
     # On this (CPU) model auto runs the two passes: a pass without gradient, then the kept states.
     auto = step(model, batch, JSAConfig(num_proposals=10), 0, monkeypatch)
     two = step(model, batch, JSAConfig(num_proposals=10, scoring="two_pass"), 0, monkeypatch)

@@ -13,6 +13,8 @@ from helpers import tiny_passages
 from jsarag.config import Config, GeneratorConfig, LoraConfig, RetrieverConfig, load_config
 from jsarag.data import Batch, Corpus, Example
 from jsarag.estimators import ESTIMATORS, JSA, JSAConfig, VRAGConfig, build_estimator
+from jsarag.estimators.base import count_states
+from jsarag.estimators.jsa import score_distinct
 from jsarag.index import PassageIndex, build_index
 from jsarag.models.generator import Generator
 from jsarag.models.pretrained import ModelNotFoundError
@@ -303,14 +305,26 @@ def test_jsa_chain_cache_starts_the_next_chain_and_round_trips(model, batch, mon
     assert [corpus[r].id for r in starts] == [state["cache"][i] for i in batch.ids]
 
 
-def test_jsa_released_cost_profile_gives_the_same_loss(model, batch):
+def test_jsa_scores_through_the_injected_scorer(model, batch):
+    """A scorer that runs every pick, duplicates included (the released code's cost), gives the same loss."""
+    calls = []
+
+    def score_every_pick(model, batch, rows, picks, reduction):
+        calls.append(picks.shape)
+        values = model.generator.pair_logprob(
+            [q for q in batch.queries for _ in range(picks.shape[1])], batch.kind,
+            [model.retriever.corpus[r] for r in rows.gather(1, picks).reshape(-1).tolist()],
+            [a for a in batch.answers for _ in range(picks.shape[1])], reduction).view(picks.shape)
+        sums = torch.zeros(rows.shape, dtype=values.dtype).scatter_add(1, picks, values)
+        return sums / count_states(picks, rows.shape[1]).clamp(min=1)
+
     values = []
-    for score_all in (False, True):
+    for scorer in (score_distinct, score_every_pick):
         torch.manual_seed(3)
-        estimator = JSA(JSAConfig(num_proposals=6, score_all_proposals=score_all), top_k=3)
         with torch.no_grad():
-            loss, metrics = estimator(model, batch)
+            loss, metrics = JSA(JSAConfig(num_proposals=6), top_k=3, scorer=scorer)(model, batch)
         values.append((loss.item(), metrics["accept_rate"]))
+    assert calls == [(len(batch), 6), (len(batch), 6)]  # the proposals, then the chain's states
     assert values[0][0] == pytest.approx(values[1][0], rel=1e-5)
     assert values[0][1] == values[1][1]
 

@@ -7,6 +7,10 @@ across steps (the JSA chain cache) expose ``state_dict`` / ``load_state_dict`` f
 ``pop_updates`` / ``apply_updates`` so that data-parallel processes keep the same state.
 
 Notation: B examples, K candidates, M proposals; rows are corpus row numbers.
+
+Each estimator runs its numbered steps inside ``torch.profiler.record_function`` ranges named
+"ESTIMATOR/STEP" (e.g. "jsa/chain"): a profiler, if one runs, reports time per step (benchmarks/profile_jsa.py);
+without one a range costs a few microseconds.
 """
 
 from __future__ import annotations
@@ -127,13 +131,3 @@ def score_selected(model, batch: Batch, rows: torch.Tensor, selected: torch.Tens
     out = torch.zeros(selected.shape, device=values.device, dtype=values.dtype)
     return out.index_put((b_idx.to(values.device), k_idx.to(values.device)), values)
 
-
-def score_picks(model, batch: Batch, rows: torch.Tensor, picks: torch.Tensor, reduction: str) -> torch.Tensor:
-    """log p_g(y | x, h) for every picked candidate, duplicates included: [B, M] indices -> [B, M]."""
-    B, M = picks.shape
-    chosen = rows.gather(1, picks).reshape(-1).tolist()
-    corpus = model.retriever.corpus
-    values = model.generator.pair_logprob([q for q in batch.queries for _ in range(M)], batch.kind,
-                                          [corpus[r] for r in chosen], [a for a in batch.answers for _ in range(M)],
-                                          reduction)
-    return values.view(B, M)

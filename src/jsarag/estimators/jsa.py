@@ -25,9 +25,6 @@ Switches (default = textbook JSA, exact):
 - ``chain_cache``: off (the released code: a fresh chain every step) or on (the JSA paper: the last
   state per example is kept and starts the next chain; saved with checkpoints).
 - ``candidates``: ``union`` (released code) or ``posterior`` top K only (an earlier prototype).
-- ``score_all_proposals``: the released code's cost profile, as a reference for benchmarks: the
-  generator scores all m proposals and all m chain states, duplicates included (same estimate).
-  It always scores in two passes (``scoring`` applies to the deduplicated path only).
 - ``scoring``: ``two_pass`` (steps 3 and 5 as written: the distinct proposals without gradient, then
   the distinct chain states again with gradient), ``one_pass`` (step 3 runs WITH gradient and keeps
   the graph; the sampler reads the detached values and step 5 back-propagates through that same
@@ -40,6 +37,11 @@ Switches (default = textbook JSA, exact):
   question with the pretrained models of benchmarks/step_cost.py); ``score_batch_size`` still
   chunks the forward, but every chunk keeps its graph, so it no longer bounds that memory. When
   each mode wins, and what ``auto`` rests on: ``resolve_scoring``.
+
+Scoring is injected: ``JSA(cfg, top_k, scorer=...)`` takes the function that computes log p_g for the
+candidates a row of picks names (``Scorer``); the default, ``score_distinct``, runs each distinct one once.
+benchmarks/step_cost.py passes one that scores every pick, duplicates included, to time the released
+code's cost profile with the same estimator.
 
 Deviations from the paper:
 1. Distinct proposals and distinct states are scored once each (the released code scores all m).
@@ -57,17 +59,17 @@ Deviations from the paper:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
+from torch.profiler import record_function
 
-from jsarag.configtools import OutOfRange, at_least, check_ranges
+from jsarag.configtools import at_least, check_ranges
 from jsarag.data import Batch
 from jsarag.estimators.base import (
     candidate_union,
     count_states,
     sample_candidates,
-    score_picks,
     score_selected,
     scoring_mode,
     weighted_sum,
@@ -80,14 +82,10 @@ class JSAConfig:
     reduction: Literal["sum", "mean"] = "sum"
     chain_cache: bool = False
     candidates: Literal["union", "posterior"] = "union"
-    score_all_proposals: bool = False
     scoring: Literal["auto", "two_pass", "one_pass"] = "auto"
 
     def validate(self) -> None:
         check_ranges(self, num_proposals=at_least(1))
-        if self.scoring == "one_pass" and self.score_all_proposals:
-            raise OutOfRange("scoring", self.scoring,
-                             "two_pass or auto with score_all_proposals (the released profile's two passes)")
 
 
 def resolve_scoring(cfg: JSAConfig, device: torch.device, checkpointing: bool = False
@@ -105,8 +103,6 @@ def resolve_scoring(cfg: JSAConfig, device: torch.device, checkpointing: bool = 
     small micro-batch costs its kernel launches more than its rows, and one pass saves a whole
     forward pass: one pass there (not measured on a GPU yet).
     """
-    if cfg.score_all_proposals:
-        return "two_pass"
     if cfg.scoring != "auto":
         return cfg.scoring
     return "one_pass" if device.type == "cuda" and not checkpointing else "two_pass"
@@ -160,12 +156,25 @@ def jsa_losses(state_weights: torch.Tensor, seq_loglik: torch.Tensor, log_prior:
             -weighted_sum(state_weights, log_post))
 
 
+class Scorer(Protocol):
+    def __call__(self, model, batch: Batch, rows: torch.Tensor, picks: torch.Tensor, reduction: str
+                 ) -> torch.Tensor:
+        """log p_g(y|x,h) at every candidate that a row of ``picks`` [B, M] names, 0 elsewhere: -> [B, K].
+        Gradient flows unless the caller disables it."""
+
+
+def score_distinct(model, batch: Batch, rows: torch.Tensor, picks: torch.Tensor, reduction: str) -> torch.Tensor:
+    """The library's scorer: each distinct candidate among ``picks`` [B, M] scored once -> [B, K]."""
+    return score_selected(model, batch, rows, count_states(picks, rows.shape[1]) > 0, reduction)
+
+
 class JSA:
     trains = frozenset({"prior", "posterior", "passage", "generator"})
 
-    def __init__(self, cfg: JSAConfig | None = None, top_k: int = 10):
+    def __init__(self, cfg: JSAConfig | None = None, top_k: int = 10, scorer: Scorer = score_distinct):
         self.cfg = cfg or JSAConfig()
         self.top_k = top_k
+        self.scorer = scorer
         self.cache: dict[str, str] = {}  # example id -> passage id of its last chain state
         self._updates: dict[str, str] = {}  # cache entries written since the last pop_updates()
 
@@ -195,51 +204,45 @@ class JSA:
         M = cfg.num_proposals
         scoring = resolve_scoring(cfg, model.generator.device, activation_checkpointing(model.generator))
         # 1. Candidate set U and both retrievers' log-probabilities over it (with gradient).
-        prior_query = retriever.prior_vectors(batch.queries)                               # [B, d]
-        post_query = retriever.posterior_vectors(batch.queries, batch.answers)             # [B, d]
-        row_sets = [retriever.search(post_query, self.top_k)]
-        if cfg.candidates == "union":
-            row_sets.insert(0, retriever.search(prior_query, self.top_k))
-        cached = self._cached_rows(batch, retriever.corpus, prior_query.device)
-        if cached is not None:
-            row_sets.append(cached)
-        rows, mask = candidate_union(row_sets)                                             # [B, K']
-        log_prior = retriever.log_probs(prior_query, rows, mask)                           # [B, K']
-        log_post = retriever.log_probs(post_query, rows, mask)                             # [B, K']
+        with record_function("jsa/candidates"):
+            prior_query = retriever.prior_vectors(batch.queries)                           # [B, d]
+            post_query = retriever.posterior_vectors(batch.queries, batch.answers)         # [B, d]
+            row_sets = [retriever.search(post_query, self.top_k)]
+            if cfg.candidates == "union":
+                row_sets.insert(0, retriever.search(prior_query, self.top_k))
+            cached = self._cached_rows(batch, retriever.corpus, prior_query.device)
+            if cached is not None:
+                row_sets.append(cached)
+            rows, mask = candidate_union(row_sets)                                         # [B, K']
+            log_prior = retriever.log_probs(prior_query, rows, mask)                       # [B, K']
+            log_post = retriever.log_probs(post_query, rows, mask)                         # [B, K']
         K = rows.shape[1]
-        # 2. m proposals from q.
-        proposals = sample_candidates(log_post, M)                                         # [B, M]
-        # 3. Generator log-likelihood of each distinct proposal (and the cached state), dropout off:
-        #    without gradient (two_pass), or with it and the graph kept for step 5 (one_pass).
-        init = None
-        if cached is not None and (cached >= 0).any():
-            has = cached[:, 0] >= 0
-            init = torch.where(has, (rows == cached).long().argmax(1), proposals[:, 0])
-        to_score = count_states(proposals, K) > 0
-        if init is not None:
-            to_score[torch.arange(len(batch)), init] = True
-        with torch.inference_mode(scoring == "two_pass"), scoring_mode(model.generator):
-            if cfg.score_all_proposals:  # released cost profile: every proposal, duplicates included
-                picks = proposals if init is None else torch.cat([init[:, None], proposals], 1)
-                seq_loglik = torch.zeros(rows.shape, device=rows.device).scatter(
-                    1, picks, score_picks(model, batch, rows, picks, cfg.reduction))
-            else:
-                seq_loglik = score_selected(model, batch, rows, to_score, cfg.reduction)   # [B, K']
+        # 2. m proposals from q; the cached state (if any) is scored with them and starts the chain.
+        with record_function("jsa/propose"):
+            proposals = sample_candidates(log_post, M)                                     # [B, M]
+            init = None
+            if cached is not None and (cached >= 0).any():
+                has = cached[:, 0] >= 0
+                init = torch.where(has, (rows == cached).long().argmax(1), proposals[:, 0])
+            picks = proposals if init is None else torch.cat([init[:, None], proposals], 1)
+        # 3. Generator log-likelihood of the proposals, dropout off: without gradient (two_pass), or
+        #    with it and the graph kept for step 5 (one_pass).
+        with record_function("jsa/score_proposals"), torch.inference_mode(scoring == "two_pass"), \
+                scoring_mode(model.generator):
+            seq_loglik = self.scorer(model, batch, rows, picks, cfg.reduction)             # [B, K']
         # 4. Metropolis independence sampling in log space.
-        log_w = log_importance_weights(log_prior.detach(), seq_loglik.detach(), log_post.detach())
-        log_u = torch.rand(proposals.shape, device=proposals.device).log()
-        states, accepted = mis_chain(log_w, proposals, log_u, init)                        # [B, M]
-        # 5. Loss averaged over chain states; generator gradient once per distinct state (one_pass:
-        #    through step 3's graph, where the proposals the chain left weigh 0).
-        weights = count_states(states, K) / M                                              # [B, K']
-        if cfg.score_all_proposals:  # the same loss from all m states, duplicates included
-            loss_gen = -score_picks(model, batch, rows, states, cfg.reduction).mean(-1)
-            _, loss_prior, loss_post = jsa_losses(weights, torch.zeros_like(weights), log_prior, log_post)
-        else:
+        with record_function("jsa/chain"):
+            log_w = log_importance_weights(log_prior.detach(), seq_loglik.detach(), log_post.detach())
+            log_u = torch.rand(proposals.shape, device=proposals.device).log()
+            states, accepted = mis_chain(log_w, proposals, log_u, init)                    # [B, M]
+            weights = count_states(states, K) / M                                          # [B, K']
+        # 5. Loss averaged over chain states; the generator runs with gradient on the chain's states
+        #    (one_pass: back-propagates through step 3's graph, where the proposals the chain left weigh 0).
+        with record_function("jsa/states_forward"):
             seq_loglik_grad = (seq_loglik if scoring == "one_pass"
-                               else score_selected(model, batch, rows, weights > 0, cfg.reduction))  # [B, K']
+                               else self.scorer(model, batch, rows, states, cfg.reduction))  # [B, K']
             loss_gen, loss_prior, loss_post = jsa_losses(weights, seq_loglik_grad, log_prior, log_post)
-        loss = (loss_gen + loss_prior + loss_post).mean()
+            loss = (loss_gen + loss_prior + loss_post).mean()
         if cfg.chain_cache:
             last = rows.gather(1, states[:, -1:]).squeeze(1).tolist()
             self._updates.update({i: retriever.corpus[r].id for i, r in zip(batch.ids, last)})
@@ -255,6 +258,6 @@ class JSA:
             "loss_post": loss_post.mean().item(),
             "accept_rate": transitions.float().mean().item() if transitions.numel() else float("nan"),
             "distinct_states": (weights > 0).sum(-1).float().mean().item(),
-            "distinct_proposals": to_score.sum(-1).float().mean().item(),
+            "distinct_proposals": (count_states(picks, K) > 0).sum(-1).float().mean().item(),
             "candidates": mask.sum(-1).float().mean().item(),
         }

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.profiler import record_function
 
 from jsarag.data import Batch
 from jsarag.estimators.base import Stateless, prior_top_k
@@ -42,10 +43,13 @@ class RagSequence(Stateless):
     def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         retriever, generator = model.retriever, model.generator
         # 1. Retrieve the prior's top K and renormalise p_r over them (with gradient).
-        rows, log_prior = prior_top_k(retriever, batch.queries, self.top_k)  # [B, K], [B, K]
+        with record_function("rag_sequence/retrieve"):
+            rows, log_prior = prior_top_k(retriever, batch.queries, self.top_k)  # [B, K], [B, K]
         # 2. Score the answer under every retrieved passage (with gradient).
-        seq_loglik = generator.sequence_logprob(batch.queries, batch.kind, retriever.passages(rows),
-                                                batch.answers)               # [B, K]
+        with record_function("rag_sequence/score"):
+            seq_loglik = generator.sequence_logprob(batch.queries, batch.kind, retriever.passages(rows),
+                                                    batch.answers)               # [B, K]
         # 3. Marginalise over the K passages.
-        loss = rag_sequence_nll(log_prior, seq_loglik).mean()
+        with record_function("rag_sequence/marginalise"):
+            loss = rag_sequence_nll(log_prior, seq_loglik).mean()
         return loss, {"loss": loss.item(), "prior_top1": log_prior.exp().max(-1).values.mean().item()}

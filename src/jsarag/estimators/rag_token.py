@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.profiler import record_function
 
 from jsarag.data import Batch
 from jsarag.estimators.base import Stateless, prior_top_k
@@ -41,10 +42,13 @@ class RagToken(Stateless):
     def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         retriever, generator = model.retriever, model.generator
         # 1. Retrieve the prior's top K and renormalise p_r over them (with gradient).
-        rows, log_prior = prior_top_k(retriever, batch.queries, self.top_k)  # [B, K], [B, K]
+        with record_function("rag_token/retrieve"):
+            rows, log_prior = prior_top_k(retriever, batch.queries, self.top_k)  # [B, K], [B, K]
         # 2. Per-token log-likelihoods of the answer under every passage.
-        token_loglik, answer_mask = generator.token_logprobs(batch.queries, batch.kind,
-                                                             retriever.passages(rows), batch.answers)
+        with record_function("rag_token/score"):
+            token_loglik, answer_mask = generator.token_logprobs(batch.queries, batch.kind,
+                                                                 retriever.passages(rows), batch.answers)
         # 3. Marginalise over passages at each token, then sum over tokens.
-        loss = rag_token_nll(log_prior, token_loglik, answer_mask.to(log_prior.dtype)).mean()
+        with record_function("rag_token/marginalise"):
+            loss = rag_token_nll(log_prior, token_loglik, answer_mask.to(log_prior.dtype)).mean()
         return loss, {"loss": loss.item(), "prior_top1": log_prior.exp().max(-1).values.mean().item()}

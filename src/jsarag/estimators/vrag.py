@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torch.profiler import record_function
 
 from jsarag.configtools import OutOfRange, at_least, check_ranges
 from jsarag.data import Batch
@@ -88,31 +89,33 @@ class VRAG(Stateless):
 
     def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         retriever = model.retriever
-        # 1. Candidate set: the posterior's top K (or its union with the prior's top K).
-        prior_query = retriever.prior_vectors(batch.queries)                              # [B, d]
-        post_query = retriever.posterior_vectors(batch.queries, batch.answers)            # [B, d]
-        row_sets = [retriever.search(post_query, self.top_k)]
-        if self.cfg.candidates == "union":
-            row_sets.append(retriever.search(prior_query, self.top_k))
-        rows, mask = candidate_union(row_sets)                                            # [B, K']
-        # 2. q and p_r renormalised over the candidates, and the exact KL between them.
-        log_post = retriever.log_probs(post_query, rows, mask)                            # [B, K']
-        log_prior = retriever.log_probs(prior_query, rows, mask)                          # [B, K']
-        kl = kl_categorical(log_post, log_prior)                                          # [B]
+        with record_function("vrag/candidates"):
+            # 1. Candidate set: the posterior's top K (or its union with the prior's top K).
+            prior_query = retriever.prior_vectors(batch.queries)                          # [B, d]
+            post_query = retriever.posterior_vectors(batch.queries, batch.answers)        # [B, d]
+            row_sets = [retriever.search(post_query, self.top_k)]
+            if self.cfg.candidates == "union":
+                row_sets.append(retriever.search(prior_query, self.top_k))
+            rows, mask = candidate_union(row_sets)                                        # [B, K']
+            # 2. q and p_r renormalised over the candidates, and the exact KL between them.
+            log_post = retriever.log_probs(post_query, rows, mask)                        # [B, K']
+            log_prior = retriever.log_probs(prior_query, rows, mask)                      # [B, K']
+            kl = kl_categorical(log_post, log_prior)                                      # [B]
         # 3. The expected generator log-likelihood, exactly or by sampling.
-        if self.cfg.mode == "exact":
-            seq_loglik = score_selected(model, batch, rows, mask, "sum")                  # [B, K']
-            elbo = weighted_sum(log_post.exp(), seq_loglik) - kl
-            expected = weighted_sum(log_post.exp().detach(), seq_loglik.detach())
-        else:
-            samples = sample_candidates(log_post, self.cfg.num_samples)                   # [B, S]
-            counts = count_states(samples, rows.shape[1])
-            seq_loglik = score_selected(model, batch, rows, counts > 0, "sum")            # [B, K']
-            sample_loglik = seq_loglik.gather(1, samples)                                 # [B, S]
-            baseline = (leave_one_out_baseline(sample_loglik.detach())
-                        if self.cfg.baseline == "leave_one_out" else torch.zeros_like(sample_loglik))
-            elbo = vrag_surrogate_sampled(log_post.gather(1, samples), sample_loglik, baseline, kl)
-            expected = sample_loglik.detach().mean(-1)
+        with record_function(f"vrag/expectation_{self.cfg.mode}"):
+            if self.cfg.mode == "exact":
+                seq_loglik = score_selected(model, batch, rows, mask, "sum")              # [B, K']
+                elbo = weighted_sum(log_post.exp(), seq_loglik) - kl
+                expected = weighted_sum(log_post.exp().detach(), seq_loglik.detach())
+            else:
+                samples = sample_candidates(log_post, self.cfg.num_samples)               # [B, S]
+                counts = count_states(samples, rows.shape[1])
+                seq_loglik = score_selected(model, batch, rows, counts > 0, "sum")        # [B, K']
+                sample_loglik = seq_loglik.gather(1, samples)                             # [B, S]
+                baseline = (leave_one_out_baseline(sample_loglik.detach())
+                            if self.cfg.baseline == "leave_one_out" else torch.zeros_like(sample_loglik))
+                elbo = vrag_surrogate_sampled(log_post.gather(1, samples), sample_loglik, baseline, kl)
+                expected = sample_loglik.detach().mean(-1)
         loss = -elbo.mean()
         return loss, {"loss": loss.item(), "kl": kl.mean().item(), "expected_loglik": expected.mean().item(),
                       "candidates": mask.sum(-1).float().mean().item()}
