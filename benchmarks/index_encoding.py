@@ -9,7 +9,7 @@ Index (random seeded float32 unit vectors, N x d, and 1,000 queries):
   HNSW is built with several threads, so two builds may differ slightly; its search overhead is therefore
   timed on one and the same graph (``PassageIndex.search`` vs ``its .index.search``), and the agreement of
   the two separately built graphs is reported, not asserted.
-Headlines: ``build_overhead`` and ``search_overhead`` = median(ours / raw) - 1 (target <= 5%).
+Headlines: ``build_overhead`` and ``search_overhead`` = common.median(ours / raw) - 1 (target <= 5%).
 
 Encoding (N real SQuAD passages, the text the index encodes: ``passage_text(p)``):
 ``Encoder.from_pretrained("builtin:minilm").encode(texts, batch_size=64)`` vs
@@ -19,39 +19,24 @@ Headline: ``encode_throughput_ratio`` = ours / sentence-transformers passages pe
 
 All timings are interleaved pairs (ours, raw, ours, raw, ...) after warm-up; figures are per-pair medians.
 
-Run:  .venv/bin/python benchmarks/index_encoding.py [--quick] [--skip-index | --skip-encoding] [--out f.json]
+Run:  .venv/bin/python benchmarks/index_encoding.py [--quick | --smoke] [--skip-index | --skip-encoding]
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common
 
-from _common import (  # noqa: E402
-    DEFAULT_DATA,
-    apply_threads,
-    base_parser,
-    describe_pair,
-    emit,
-    interleaved,
-    machine_info,
-    median,
-    pick,
-    quiet_libraries,
-    say,
-    summarize,
-)
-
+NAME = "index_encoding"
 OVERHEAD_TARGET = 0.05
 EMBEDDING_TOLERANCE = 1e-4
 
 
 def parse_args(argv=None):
-    p = base_parser(__doc__.split("\n\n")[0])
+    p = common.parser(__doc__.split("\n\n")[0])
     g = p.add_argument_group("index")
     g.add_argument("--skip-index", action="store_true")
     g.add_argument("--n", type=int, default=None, help="indexed vectors (default 100000, quick 20000)")
@@ -67,7 +52,7 @@ def parse_args(argv=None):
     g.add_argument("--no-hnsw", action="store_true")
     e = p.add_argument_group("encoding")
     e.add_argument("--skip-encoding", action="store_true")
-    e.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with corpus.jsonl")
+    e.add_argument("--data", type=Path, default=None, help="folder with corpus.jsonl (default: SQuAD dev)")
     e.add_argument("--passages", type=int, default=None, help="passages encoded (default 1000, quick 128)")
     e.add_argument("--encode-repeats", type=int, default=None,
                    help="pairs per precision (default 10, quick 2)")
@@ -95,16 +80,16 @@ def bench_index(args) -> dict:
 
     from jsarag.index import PassageIndex
 
-    n = pick(args, "n", 100_000, 20_000)
-    reps = pick(args, "index_repeats", 20, 5)
-    hnsw_build_reps = pick(args, "hnsw_build_repeats", 5, 1)
-    hnsw_search_reps = pick(args, "hnsw_search_repeats", 20, 5)
+    n = common.pick(args, "n", 100_000, 20_000, 2_000)
+    reps = common.pick(args, "index_repeats", 20, 5, 1)
+    hnsw_build_reps = common.pick(args, "hnsw_build_repeats", 5, 1)
+    hnsw_search_reps = common.pick(args, "hnsw_search_repeats", 20, 5, 1)
     d, k = args.dim, args.k
     rng = np.random.default_rng(args.seed)
     vectors = unit_vectors(rng, n, d)
     queries = unit_vectors(rng, args.queries, d)
-    say(f"index: {n} x {d} float32 unit vectors (seed {args.seed}), {len(queries)} queries, k={k}")
-    verbose = say if args.verbose else None
+    common.say(f"index: {n} x {d} float32 unit vectors (seed {args.seed}), {len(queries)} queries, k={k}")
+    verbose = common.say if args.verbose else None
     out: dict = {"n": n, "dim": d, "queries": len(queries), "k": k}
 
     def ours_flat():
@@ -115,19 +100,19 @@ def bench_index(args) -> dict:
         index.add(vectors)
         return index
 
-    build = interleaved(ours_flat, raw_flat, repeats=reps, warmup=1, a_name="ours", b_name="raw",
-                        progress=verbose, keep_last=True)
-    say(describe_pair("  Flat build", build, unit=1e-3, unit_name="ms"))
+    build = common.interleaved(ours_flat, raw_flat, repeats=reps, warmup=1, a_name="ours", b_name="raw",
+                               progress=verbose, keep_last=True)
+    common.say(build.describe("  Flat build", unit=1e-3, unit_name="ms"))
     ours_index, raw_index = build.a_last, build.b_last
     build.a_last = build.b_last = None
     s_ours, i_ours = ours_index.search(queries, k)
     s_raw, i_raw = raw_index.search(queries, k)
     same_ids = bool(np.array_equal(i_ours, i_raw))
     max_score_diff = float(np.abs(s_ours - s_raw).max())
-    search = interleaved(partial(ours_index.search, queries, k), partial(raw_index.search, queries, k),
-                         repeats=reps, warmup=1, a_name="ours", b_name="raw", progress=verbose)
-    say(describe_pair("  Flat search", search, unit=1e-3, unit_name="ms"))
-    say(f"  Flat results identical: ids {same_ids}, max |score diff| {max_score_diff:.2e}")
+    search = common.interleaved(partial(ours_index.search, queries, k), partial(raw_index.search, queries, k),
+                                repeats=reps, warmup=1, a_name="ours", b_name="raw", progress=verbose)
+    common.say(search.describe("  Flat search", unit=1e-3, unit_name="ms"))
+    common.say(f"  Flat results identical: ids {same_ids}, max |score diff| {max_score_diff:.2e}")
     assert same_ids, "PassageIndex (Flat) returned other ids than faiss.IndexFlatIP"
     out["flat"] = {"build": build.summary(), "search": search.summary(), "build_overhead": overhead(build),
                    "search_overhead": overhead(search), "identical_ids": same_ids,
@@ -145,10 +130,10 @@ def bench_index(args) -> dict:
             index.add(vectors)
             return index
 
-        say(f"  HNSW32: {hnsw_build_reps} build pairs ...")
-        hbuild = interleaved(ours_hnsw, raw_hnsw, repeats=hnsw_build_reps, warmup=0, a_name="ours",
-                             b_name="raw", progress=verbose, keep_last=True)
-        say(describe_pair("  HNSW32 build", hbuild))
+        common.say(f"  HNSW32: {hnsw_build_reps} build pairs ...")
+        hbuild = common.interleaved(ours_hnsw, raw_hnsw, repeats=hnsw_build_reps, warmup=0, a_name="ours",
+                                    b_name="raw", progress=verbose, keep_last=True)
+        common.say(hbuild.describe("  HNSW32 build"))
         ours_h, raw_h = hbuild.a_last, hbuild.b_last
         hbuild.a_last = hbuild.b_last = None
         _, hi_ours = ours_h.search(queries, k)
@@ -157,13 +142,13 @@ def bench_index(args) -> dict:
         agree = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(hi_ours.tolist(), hi_raw.tolist())]))
         _, exact = raw_flat().search(queries, k)  # ground truth for the recall figure
         recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(hi_ours.tolist(), exact.tolist())]))
-        hsearch = interleaved(lambda: ours_h.search(queries, k), lambda: ours_h.index.search(queries, k),
-                              repeats=hnsw_search_reps, warmup=1, a_name="ours", b_name="raw",
-                              progress=verbose)
-        say(describe_pair("  HNSW32 search (same graph)", hsearch, unit=1e-3, unit_name="ms"))
+        hsearch = common.interleaved(lambda: ours_h.search(queries, k), lambda: ours_h.index.search(queries, k),
+                                     repeats=hnsw_search_reps, warmup=1, a_name="ours", b_name="raw",
+                                     progress=verbose)
+        common.say(hsearch.describe("  HNSW32 search (same graph)", unit=1e-3, unit_name="ms"))
         same_graph = bool(np.array_equal(hi_ours, hi_same))
-        say(f"  HNSW32: same-graph ids identical {same_graph}; top-{k} overlap of "
-            f"the two separately built graphs {agree:.4f}; recall@{k} vs exact {recall:.4f}")
+        common.say(f"  HNSW32: same-graph ids identical {same_graph}; top-{k} overlap of "
+                   f"the two separately built graphs {agree:.4f}; recall@{k} vs exact {recall:.4f}")
         out["hnsw32"] = {"build": hbuild.summary(), "search": hsearch.summary(),
                          "build_overhead": overhead(hbuild), "search_overhead": overhead(hsearch),
                          "same_graph_identical_ids": same_graph,
@@ -198,10 +183,10 @@ def bench_encoding(args) -> dict:
     from jsarag.models.pretrained import minilm_path
     from jsarag.models.retriever import passage_text
 
-    n = pick(args, "passages", 1000, 128)
-    reps = pick(args, "encode_repeats", 10, 2)
+    n = common.pick(args, "passages", 1000, 128, 16)
+    reps = common.pick(args, "encode_repeats", 10, 2, 1)
     bs = args.batch_size
-    corpus = Corpus.from_jsonl(args.data / "corpus.jsonl")
+    corpus = Corpus.from_jsonl(common.data_dir(args) / "corpus.jsonl")
     texts = [passage_text(corpus[i]) for i in range(min(n, len(corpus)))]
     ours = Encoder.from_pretrained("builtin:minilm")
     st = SentenceTransformer(str(minilm_path()), device="cpu")
@@ -209,11 +194,12 @@ def bench_encoding(args) -> dict:
     st.eval()
     tokenized = ours.tokenizer(texts, truncation=True, max_length=ours.max_length)["input_ids"]
     lengths = [len(ids) for ids in tokenized]
-    say(f"encoding: {len(texts)} SQuAD passages (tokens: median {median(lengths):.0f}, max {max(lengths)}, "
-        f"{sum(x == ours.max_length for x in lengths)} truncated at {ours.max_length}), batch {bs}, "
-        f"{reps} pairs per precision")
-    say(f"  sentence-transformers modules: {[type(m).__name__ for m in st]}")
-    verbose = say if args.verbose else None
+    common.say(f"encoding: {len(texts)} SQuAD passages (tokens: median {common.median(lengths):.0f}, "
+               f"max {max(lengths)}, "
+               f"{sum(x == ours.max_length for x in lengths)} truncated at {ours.max_length}), batch {bs}, "
+               f"{reps} pairs per precision")
+    common.say(f"  sentence-transformers modules: {[type(m).__name__ for m in st]}")
+    verbose = common.say if args.verbose else None
 
     def ours_encode():
         return ours.encode(texts, batch_size=bs)
@@ -222,7 +208,7 @@ def bench_encoding(args) -> dict:
         return st.encode(texts, batch_size=bs, show_progress_bar=False, convert_to_numpy=True)
 
     results: dict = {"passages": len(texts), "batch_size": bs, "max_length": ours.max_length,
-                     "st_max_seq_length": st.max_seq_length, "tokens_median": median(lengths),
+                     "st_max_seq_length": st.max_seq_length, "tokens_median": common.median(lengths),
                      "tokens_max": max(lengths), "st_modules": [type(m).__name__ for m in st]}
     precisions = [("fp32", contextlib.nullcontext)]
     if not args.no_bf16:
@@ -235,19 +221,20 @@ def bench_encoding(args) -> dict:
             e_st = np.asarray(st_encode(), dtype=np.float32)
             t2 = time.perf_counter()
             agreement = compare_embeddings(e_ours, e_st)
-            say(f"  {label}: warm-up/check pass ours {t1 - t0:.2f}s, st {t2 - t1:.2f}s; max |diff| "
-                f"{agreement['max_abs_diff']:.2e}, min cosine {agreement['min_cosine']:.6f}")
-            pair = interleaved(ours_encode, st_encode, repeats=reps, warmup=0, a_name="ours",
-                               b_name="sentence_transformers", progress=verbose)
-        throughput_ratio = median(pair.inverse_ratios)
-        ours_pps = len(texts) / median(pair.a_seconds)
-        st_pps = len(texts) / median(pair.b_seconds)
-        say(describe_pair(f"  {label} encode", pair))
-        say(f"  {label}: ours {ours_pps:.1f} passages/s, sentence-transformers {st_pps:.1f} passages/s; "
-            f"throughput ratio ours/st = {throughput_ratio:.4f} "
-            f"[IQR {summarize(pair.inverse_ratios)['q1']:.4f}..{summarize(pair.inverse_ratios)['q3']:.4f}]")
+            common.say(f"  {label}: warm-up/check pass ours {t1 - t0:.2f}s, st {t2 - t1:.2f}s; max |diff| "
+                       f"{agreement['max_abs_diff']:.2e}, min cosine {agreement['min_cosine']:.6f}")
+            pair = common.interleaved(ours_encode, st_encode, repeats=reps, warmup=0, a_name="ours",
+                                      b_name="sentence_transformers", progress=verbose)
+        throughput_ratio = common.median(pair.inverse_ratios)
+        ours_pps = len(texts) / common.median(pair.a_seconds)
+        st_pps = len(texts) / common.median(pair.b_seconds)
+        common.say(pair.describe(f"  {label} encode"))
+        spread = common.summarize(pair.inverse_ratios)
+        common.say(f"  {label}: ours {ours_pps:.1f} passages/s, sentence-transformers {st_pps:.1f} passages/s; "
+                   f"throughput ratio ours/st = {throughput_ratio:.4f} "
+                   f"[IQR {spread['q1']:.4f}..{spread['q3']:.4f}]")
         results[label] = {"agreement": agreement, "timing": pair.summary(),
-                          "throughput_ratio": summarize(pair.inverse_ratios),
+                          "throughput_ratio": spread,
                           "encode_throughput_ratio": throughput_ratio,
                           "ours_passages_per_s": ours_pps, "st_passages_per_s": st_pps}
         if label == "fp32":
@@ -260,18 +247,12 @@ def bench_encoding(args) -> dict:
     return results
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    quiet_libraries()
-    apply_threads(args.threads)
-    machine = machine_info()
-    say(f"index_encoding{' (quick)' if args.quick else ''}: {machine['cpu_model']}, "
-        f"{machine['usable_cores']} "
-        f"cores, torch threads {machine['torch_threads']}, faiss threads {machine['faiss_omp_threads']}, "
-        f"load {machine['load_average_at_start']}")
-    result: dict = {"benchmark": "index_encoding", "quick": args.quick}
+def measure(args) -> dict:
+    common.quiet_libraries()
+    common.apply_threads(args.threads)
+    result: dict = {"benchmark": NAME, "size": common.size(args), "quick": args.quick, "machine": common.machine()}
     if not args.skip_index:
-        index = bench_index(args)
+        index = result["index"] = bench_index(args)
         result["build_overhead"] = index["build_overhead"]
         result["search_overhead"] = index["search_overhead"]
         if "hnsw32" in index:
@@ -280,24 +261,45 @@ def main(argv=None) -> dict:
         result["index_targets_met"] = {key: result[key] <= OVERHEAD_TARGET for key in
                                        ("build_overhead", "search_overhead", "hnsw32_build_overhead",
                                         "hnsw32_search_overhead") if key in result}
-        say(f"build_overhead {result['build_overhead']:+.2%}, "
-            f"search_overhead {result['search_overhead']:+.2%} "
-            f"(Flat; target <= {OVERHEAD_TARGET:.0%})")
-        result["index"] = index
     if not args.skip_encoding:
-        enc = bench_encoding(args)
+        enc = result["encoding"] = bench_encoding(args)
         result["encode_throughput_ratio"] = enc["encode_throughput_ratio"]
         if "encode_throughput_ratio_bf16" in enc:
             result["encode_throughput_ratio_bf16"] = enc["encode_throughput_ratio_bf16"]
         result["encode_target_met"] = enc["encode_throughput_ratio"] >= 1.0
-        say(f"encode_throughput_ratio {enc['encode_throughput_ratio']:.4f} (fp32; target >= 1.0)"
-            + (f", bf16 autocast {enc['encode_throughput_ratio_bf16']:.4f}" if "encode_throughput_ratio_bf16"
-               in enc else ""))
-        result["encoding"] = enc
     result["targets"] = {"overheads": f"<= {OVERHEAD_TARGET}", "encode_throughput_ratio": ">= 1.0"}
-    result["machine"] = machine
-    emit(result, args.out)
     return result
+
+
+def report(results: dict) -> str:
+    f, d = common.f, results
+    lines = ["## Index and encoding against raw FAISS and sentence-transformers", "",
+             "`python benchmarks/index_encoding.py --encode-repeats 3`."]
+    if "index" in d:
+        idx = d["index"]
+        lines += ["", f"| | overhead over raw FAISS ({idx['n']:,} x {idx['dim']} vectors, {idx['queries']} queries, "
+                  f"k={idx['k']}) | target |", "|---|---|---|",
+                  f"| Flat build | {f(d['build_overhead'], pct=True)} | <= +5% |",
+                  f"| Flat search | {f(d['search_overhead'], pct=True)} | <= +5% |",
+                  f"| HNSW32 build | {f(d.get('hnsw32_build_overhead'), pct=True)} | <= +5% |",
+                  f"| HNSW32 search | {f(d.get('hnsw32_search_overhead'), pct=True)} | <= +5% |", "",
+                  f"Flat results identical to raw FAISS: {idx['flat']['identical_ids']}."]
+    if "encoding" in d:
+        enc, bf16 = d["encoding"], d["encoding"].get("bf16_autocast", {})
+        lines += ["", f"| encoding {enc['passages']} SQuAD passages (max {enc['max_length']} tokens) | jsarag "
+                  "passages/s | sentence-transformers passages/s | ratio (target >= 1.0) |", "|---|---|---|---|",
+                  f"| fp32 | {f(enc['fp32']['ours_passages_per_s'], 1)} | {f(enc['fp32']['st_passages_per_s'], 1)} | "
+                  f"{f(d['encode_throughput_ratio'])} |",
+                  f"| bf16 autocast | {f(bf16.get('ours_passages_per_s'), 1)} | "
+                  f"{f(bf16.get('st_passages_per_s'), 1)} | {f(d.get('encode_throughput_ratio_bf16'))} |", "",
+                  f"Embeddings agree: max abs difference {enc['fp32']['agreement']['max_abs_diff']:.1e} (fp32)."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    results = common.write_results(measure(args), args, NAME)
+    print(report(results))
 
 
 if __name__ == "__main__":

@@ -20,32 +20,18 @@ First the two losses (and gradients) are compared on the same inputs in fp32 wit
 the training step is timed as interleaved pairs. Headline: ``ours_over_transformers`` (median of the
 per-pair ratios; target <= 1.0).
 
-Run:  .venv/bin/python benchmarks/peer_rag.py [--quick] [--tiny] [--generator builtin:tiny-t5] [--out f.json]
+Run:  .venv/bin/python benchmarks/peer_rag.py [--quick | --smoke] [--tiny] [--generator builtin:tiny-t5]
 """
 
 from __future__ import annotations
 
 import random
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common
 
-from _common import (  # noqa: E402
-    DEFAULT_DATA,
-    apply_threads,
-    base_parser,
-    describe_pair,
-    emit,
-    interleaved,
-    machine_info,
-    pick,
-    quiet_libraries,
-    say,
-    summarize,
-)
-
+NAME = "peer_rag"
 EQUALITY_TOLERANCE = 1e-4
 GRADIENT_TOLERANCE = 1e-3
 
@@ -68,14 +54,14 @@ EQUALITY_NOTE = (
 
 
 def parse_args(argv=None):
-    p = base_parser(__doc__.split("\n\n")[0])
+    p = common.parser(__doc__.split("\n\n")[0])
     p.add_argument("--tiny", action="store_true", help="builtin:tiny-bert as the retriever instead of MiniLM")
     p.add_argument("--retriever", default=None, help="retriever model (overrides --tiny)")
     p.add_argument("--generator", default="builtin:tiny-bart", help="a seq2seq generator")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with corpus.jsonl and dev.jsonl")
+    p.add_argument("--data", type=Path, default=None, help="folder with corpus.jsonl and dev.jsonl")
     p.add_argument("--corpus-size", type=int, default=None, help="passages indexed (default 500, quick 100)")
-    p.add_argument("--batch-size", type=int, default=8, help="B: questions per step")
-    p.add_argument("--top-k", type=int, default=5, help="K: passages per question")
+    p.add_argument("--batch-size", type=int, default=None, help="B: questions per step (default 8; smoke 2)")
+    p.add_argument("--top-k", type=int, default=None, help="K: passages per question (default 5; smoke 2)")
     p.add_argument("--repeats", type=int, default=None, help="timed pairs (default 20, quick 5)")
     p.add_argument("--warmup", type=int, default=None, help="untimed pairs first (default 3, quick 1)")
     p.add_argument("--score-batch-size", type=int, default=None,
@@ -208,28 +194,24 @@ def grads(module):
     return {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    quiet_libraries()
-    apply_threads(args.threads)
+def measure(args) -> dict:
+    common.quiet_libraries()
+    common.apply_threads(args.threads)
     import torch
 
     from jsarag.estimators import RagSequence
 
     torch.manual_seed(args.seed)
-    corpus_size = pick(args, "corpus_size", 500, 100)
-    repeats = pick(args, "repeats", 20, 5)
-    warmup = pick(args, "warmup", 3, 1)
-    retriever_name = args.retriever or ("builtin:tiny-bert" if args.tiny else "builtin:minilm")
-    B, K = args.batch_size, args.top_k
-    machine = machine_info()
-    say(f"peer_rag: {retriever_name} + {args.generator}, B={B}, K={K}, corpus={corpus_size}, "
-        f"repeats={repeats}, warmup={warmup}{' (quick)' if args.quick else ''}")
-    say(f"machine: {machine['cpu_model']}, {machine['usable_cores']} cores, torch threads "
-        f"{machine['torch_threads']}, load {machine['load_average_at_start']}")
+    corpus_size = common.pick(args, "corpus_size", 500, 100, 30)
+    repeats, warmup = common.pick(args, "repeats", 20, 5, 1), common.pick(args, "warmup", 3, 1, 0)
+    retriever_name = args.retriever or ("builtin:tiny-bert" if args.tiny or args.smoke else "builtin:minilm")
+    B, K = common.pick(args, "batch_size", 8, 8, 2), common.pick(args, "top_k", 5, 5, 2)
+    machine = common.machine()
+    common.say(f"peer_rag: {retriever_name} + {args.generator}, B={B}, K={K}, corpus={corpus_size}, "
+               f"repeats={repeats}, warmup={warmup}{' (quick)' if args.quick else ''}")
 
     t0 = time.perf_counter()
-    corpus, batch, eligible = load_data(args.data, corpus_size, B, args.seed)
+    corpus, batch, eligible = load_data(common.data_dir(args), corpus_size, B, args.seed)
     model = build_model(retriever_name, args.generator, corpus, args.score_batch_size)
     estimator = RagSequence(top_k=K)
     peer, peer_workaround = make_peer(model, K)
@@ -237,9 +219,9 @@ def main(argv=None) -> dict:
     pooling = model.retriever.prior.pooling
     model.eval()
     inputs = peer_inputs(model, batch, K)
-    say(f"setup {time.perf_counter() - t0:.1f}s: {len(corpus)} passages (gold of the B questions + the "
-        f"first others), {eligible} dev questions to pick from; context_input_ids "
-        f"{tuple(inputs['context_input_ids'].shape)}, labels {tuple(inputs['labels'].shape)}")
+    common.say(f"setup {time.perf_counter() - t0:.1f}s: {len(corpus)} passages (gold of the B questions + the "
+               f"first others), {eligible} dev questions to pick from; context_input_ids "
+               f"{tuple(inputs['context_input_ids'].shape)}, labels {tuple(inputs['labels'].shape)}")
 
     # ---- 1. equality: same loss, same gradient, fp32, dropout off --------------------------------
     model.zero_grad(set_to_none=True)
@@ -265,16 +247,16 @@ def main(argv=None) -> dict:
     rel = abs(loss_ours - loss_theirs) / max(abs(loss_theirs), 1e-12)
     per_ex_rel = float(((ours_per_example - theirs_per_example.detach()).abs()
                         / theirs_per_example.detach().abs().clamp(min=1e-12)).max())
-    common = sorted(set(g_ours) & set(g_theirs))
-    num = max(float((g_ours[n] - g_theirs[n]).abs().max()) for n in common)
-    den = max(float(g_theirs[n].abs().max()) for n in common)
+    shared = sorted(set(g_ours) & set(g_theirs))
+    num = max(float((g_ours[n] - g_theirs[n]).abs().max()) for n in shared)
+    den = max(float(g_theirs[n].abs().max()) for n in shared)
     grad_rel = num / max(den, 1e-12)
-    say(f"equality: ours {loss_ours:.8f}, transformers {loss_theirs:.8f}, relative difference {rel:.2e} "
-        f"(per example max {per_ex_rel:.2e}); gradients over {len(common)} tensors: max |diff| / max |g| "
-        f"= {grad_rel:.2e}; same retrieved rows: {same_rows}")
+    common.say(f"equality: ours {loss_ours:.8f}, transformers {loss_theirs:.8f}, relative difference {rel:.2e} "
+               f"(per example max {per_ex_rel:.2e}); gradients over {len(shared)} tensors: max |diff| / max |g| "
+               f"= {grad_rel:.2e}; same retrieved rows: {same_rows}")
     if set(g_ours) != set(g_theirs):
-        say(f"WARNING: parameters with gradient differ: ours only {sorted(set(g_ours) - set(g_theirs))[:5]}, "
-            f"transformers only {sorted(set(g_theirs) - set(g_ours))[:5]}")
+        common.say(f"WARNING: parameters with gradient differ: ours only {sorted(set(g_ours) - set(g_theirs))[:5]}, "
+                   f"transformers only {sorted(set(g_theirs) - set(g_ours))[:5]}")
     assert same_rows, "our estimator retrieved other passages than those given to the peer"
     assert rel < EQUALITY_TOLERANCE, f"losses differ: relative difference {rel:.3e}"
     assert per_ex_rel < EQUALITY_TOLERANCE, f"per-example losses differ: {per_ex_rel:.3e}"
@@ -297,24 +279,25 @@ def main(argv=None) -> dict:
     def zero():
         model.zero_grad(set_to_none=True)
 
-    say(f"timing {repeats} interleaved training steps (after {warmup} warm-up pairs), "
-        f"{'train' if args.train_mode else 'eval'} mode ...")
-    pair = interleaved(ours_step, peer_step, repeats=repeats, warmup=warmup, a_name="ours",
-                       b_name="transformers", before=zero, progress=say if args.verbose else None)
+    common.say(f"timing {repeats} interleaved training steps (after {warmup} warm-up pairs), "
+               f"{'train' if args.train_mode else 'eval'} mode ...")
+    pair = common.interleaved(ours_step, peer_step, repeats=repeats, warmup=warmup, a_name="ours",
+                              b_name="transformers", before=zero, progress=common.say if args.verbose else None)
     zero()
-    say(describe_pair("training step", pair))
+    common.say(pair.describe("training step"))
     ratio = pair.ratio
-    say(f"ours_over_transformers = {ratio:.4f} (target <= 1.0: {'met' if ratio <= 1.0 else 'NOT met'})")
+    common.say(f"ours_over_transformers = {ratio:.4f} (target <= 1.0: {'met' if ratio <= 1.0 else 'NOT met'})")
 
     gen_cfg = model.generator.model.config
     result = {
         "benchmark": "peer_rag",
+        "size": common.size(args),
         "quick": args.quick,
         "ours_over_transformers": ratio,
         "target": "ours_over_transformers <= 1.0",
         "target_met": ratio <= 1.0,
-        "ours_step_seconds_median": summarize(pair.a_seconds)["median"],
-        "transformers_step_seconds_median": summarize(pair.b_seconds)["median"],
+        "ours_step_seconds_median": common.summarize(pair.a_seconds)["median"],
+        "transformers_step_seconds_median": common.summarize(pair.b_seconds)["median"],
         "timing": pair.summary(),
         "equality": {
             "loss_ours": loss_ours,
@@ -322,7 +305,7 @@ def main(argv=None) -> dict:
             "relative_difference": rel,
             "per_example_max_relative_difference": per_ex_rel,
             "gradient_max_abs_diff_over_max_abs_grad": grad_rel,
-            "gradient_tensors_compared": len(common),
+            "gradient_tensors_compared": len(shared),
             "tolerance": EQUALITY_TOLERANCE,
             "passed": rel < EQUALITY_TOLERANCE,
             "same_retrieved_rows": same_rows,
@@ -369,8 +352,32 @@ def main(argv=None) -> dict:
         },
         "machine": machine,
     }
-    emit(result, args.out)
     return result
+
+
+def report(results: dict) -> str:
+    f, verdict, d = common.f, common.verdict, results
+    eq, cfg = d["equality"], d["config"]
+    return "\n".join([
+        "## Peer: our RAG-Sequence step against transformers' RagSequenceForGeneration", "",
+        "`python benchmarks/peer_rag.py`. Same question encoder "
+        f"({cfg['retriever']}), same generator ({cfg['generator']}, {cfg['generator_type']}), "
+        f"B={cfg['B']}, K={cfg['K']}, same retrieved passages and inputs.", "",
+        f"- Same loss: ours {eq['loss_ours']:.6f}, transformers {eq['loss_transformers']:.6f} "
+        f"(relative difference {eq['relative_difference']:.1e}; gradients agree to "
+        f"{eq['gradient_max_abs_diff_over_max_abs_grad']:.1e} of the largest). {d.get('equality_note', '')}",
+        f"- Step time (forward + backward), median of {d['timing']['ratio']['n']} interleaved pairs: "
+        f"ours {f(d['ours_step_seconds_median'], 3)} s, transformers "
+        f"{f(d['transformers_step_seconds_median'], 3)} s; **ours / transformers = "
+        f"{f(d['ours_over_transformers'])}** (target <= 1.0: {verdict(d['ours_over_transformers'], '<= 1.0')}; "
+        f"interquartile range of the ratio {f(d['timing']['ratio']['q1'])}-{f(d['timing']['ratio']['q3'])}).",
+        f"- Timed: ours = {d['what_is_timed']['ours']}; transformers = {d['what_is_timed']['transformers']}."])
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    results = common.write_results(measure(args), args, NAME)
+    print(report(results))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Every benchmark at its real (default) size, one after the other on an otherwise idle machine, then
-# docs/benchmarks.md from their JSON. About 1.5 hours on 2 cores.
+# docs/benchmarks.md from their JSON (benchmarks/report.py calls each script's report). About 1.5 hours on
+# 2 cores. benchmarks/scale.py (hours at full size) and step_cost.py's scoring runs (section 7) are run on
+# their own: see their docstrings.
 #   bash benchmarks/run_all.sh                      (from the repository root, after `make venv`)
 #   bash benchmarks/run_all.sh peer_rag scaling     (only these; the report uses every JSON present)
 set -euo pipefail

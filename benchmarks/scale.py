@@ -35,6 +35,7 @@ Each part runs the library's own code, memory being measured in fresh processes 
    (``train["search_ms"]``); ``train["ratio_of_fastest_runs"]`` is the ratio least disturbed by other jobs.
 
     python benchmarks/scale.py --quick      # ~8 minutes on 2 idle cores, twice that beside a test run
+    python benchmarks/scale.py --smoke      # every part at toy sizes (tests/test_benchmarks_smoke.py)
     python benchmarks/scale.py              # 100k, 1M, 5M passages; 1M vectors; DSTC11 recall (long)
     python benchmarks/scale.py --only resume,ivfpq,recall,sharded,train --work /tmp/scale
                                             # every part but the corpus conversion (~5 minutes at full size
@@ -44,8 +45,8 @@ Each part runs the library's own code, memory being measured in fresh processes 
 measures DSTC11's recall only when the work folder already holds its vector store. ``--threads N`` sets
 OMP_NUM_THREADS for every command and probe as well. On a machine shared with another job, OpenMP threads
 waiting for cores slow small steps by up to 20x: compare the ratios of one run, not seconds across runs.
-Writes the plot of open time and RSS against corpus size into docs/scale/ (with the corpus part); the last
-stdout line is one JSON object with every figure named above.
+Writes the plot of open time and RSS against corpus size into docs/scale/ (with the corpus part; ``--plot``).
+The measurements and what they mean are written up in docs/scale.md; ``report`` renders a summary of them.
 """
 
 from __future__ import annotations
@@ -61,21 +62,28 @@ import tempfile
 import time
 from pathlib import Path
 
+import _common as common
 import numpy as np
+from _common import REPO, median, say
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, apply_threads, base_parser, emit, machine_info, median, pick, say  # noqa: E402
+NAME = "scale"
 
 LOOKUPS = 10_000
 QUESTION = "who wrote the first passage about the river?"
-TINY = REPO / "configs" / "tiny.yaml"
-SQUAD_MINI = REPO / "src" / "jsarag" / "resources" / "datasets" / "squad_mini" / "corpus.jsonl"
+TINY = common.TINY_CONFIG
+SQUAD_MINI = common.SQUAD_MINI / "corpus.jsonl"
 PARTS = ("corpus", "resume", "ivfpq", "recall", "sharded", "train")
-RESUME_PASSAGES, RESUME_SHARD_ROWS = 20_000, 1_000
+SIZES = {  # per run size: corpus sizes; resume passages and shard rows; IVF-PQ vectors; training corpora, runs, steps
+    "full": {"corpus": [100_000, 1_000_000, 5_000_000], "resume": (20_000, 1_000), "ivfpq": 1_000_000,
+             "train": (10_000, 1_000_000), "rounds": 3, "steps": 20},
+    "quick": {"corpus": [100_000, 300_000, 1_000_000], "resume": (20_000, 1_000), "ivfpq": 200_000,
+              "train": (10_000, 200_000), "rounds": 2, "steps": 20},
+    "smoke": {"corpus": [2_000, 4_000], "resume": (600, 60), "ivfpq": 500, "train": (1_000, 2_000),
+              "rounds": 1, "steps": 3},
+}
 RECALL_CORPORA = {name: REPO / "configs" / name / "base.yaml" for name in ("squad", "dstc11")}
 RECALL_QUERIES = 500
 SHARDED_QUERIES, SHARDED_K = 64, 10
-TRAIN_STEPS = 20
 
 
 # ---- synthetic data -----------------------------------------------------------------------------
@@ -304,16 +312,16 @@ def _shard_files(out: Path) -> dict[str, tuple[int, int]]:
     return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (out / "vectors").glob("shard-*.npy")}
 
 
-def measure_resume(work: Path, env: dict, seed: int) -> dict:
+def measure_resume(passages: int, shard_rows: int, work: Path, env: dict, seed: int) -> dict:
     from jsarag.data import open_corpus
 
-    corpus = work / f"resume_corpus_{RESUME_PASSAGES}.jsonl"
+    corpus = work / f"resume_corpus_{passages}.jsonl"
     if not corpus.exists():
-        synthesize_jsonl(corpus, RESUME_PASSAGES, seed)
+        synthesize_jsonl(corpus, passages, seed)
     open_corpus(corpus, progress=False)  # converted into $JSARAG_CACHE once, outside the timed builds
     overrides = [f"data.corpus={corpus}", "data.train=null", "data.dev=null", "data.test=null",
-                 f"index.shard_rows={RESUME_SHARD_ROWS}"]
-    shards = -(-RESUME_PASSAGES // RESUME_SHARD_ROWS)
+                 f"index.shard_rows={shard_rows}"]
+    shards = -(-passages // shard_rows)
     whole, killed = work / "resume_whole", work / "resume_killed"
     for folder in (whole, killed):
         shutil.rmtree(folder, ignore_errors=True)
@@ -334,7 +342,7 @@ def measure_resume(work: Path, env: dict, seed: int) -> dict:
     same = (sorted(after) == sorted(_shard_files(whole))
             and all((killed / "vectors" / n).read_bytes() == (whole / "vectors" / n).read_bytes() for n in after)
             and (killed / "index.faiss").read_bytes() == (whole / "index.faiss").read_bytes())
-    result = {"passages": RESUME_PASSAGES, "shards": shards, "shards_at_kill": len(before),
+    result = {"passages": passages, "shards": shards, "shards_at_kill": len(before),
               "shards_encoded_on_resume": len(encoded), "only_missing_encoded": len(encoded) == shards - len(before),
               "whole_seconds": whole_seconds, "killed_after_seconds": killed_seconds, "resume_seconds": resume_seconds,
               "identical": same}
@@ -426,17 +434,18 @@ def probe_recall(config: str, folder: str) -> dict:
     return result
 
 
-def measure_recall_part(names: list[str], work: Path, env: dict) -> dict:
+def measure_recall_part(corpora: dict[str, Path], work: Path, env: dict) -> dict:
     per = {}
-    for name in names:
+    for name, config in corpora.items():
         out = work / f"minilm_{name}"
         if not (out / "meta.json").is_file():  # a build stopped earlier is resumed
-            say(f"[{name}] encoding the corpus with MiniLM (`jsarag index build ... index.factory=Flat`) ...")
+            say(f"[{name}] encoding the corpus (`jsarag index build {config.parent.name}/{config.name} "
+                "index.factory=Flat`) ...")
             resume = ["--resume"] if out.exists() else []
-            seconds = run_checked(jsarag("index", "build", RECALL_CORPORA[name], "--out", out, *resume,
+            seconds = run_checked(jsarag("index", "build", config, "--out", out, *resume,
                                          "index.factory=Flat"), env)
             say(f"[{name}] vector store built in {seconds:.0f} s")
-        r = per[name] = probe(["--probe-recall", str(RECALL_CORPORA[name]), str(out)], env)
+        r = per[name] = probe(["--probe-recall", str(config), str(out)], env)
         say(f"[{name}] {r['passages']:,} passages, {r['queries']} dev questions: recall@10 "
             f"{r['hnsw']['recall_at_10']:.4f} {r['hnsw']['factory']} ({r['hnsw']['search_params']}), "
             f"{r['ivfpq']['recall_at_10']:.4f} {r['ivfpq']['factory']} ({r['ivfpq']['search_params']}, "
@@ -509,18 +518,18 @@ def train_data(n: int, work: Path, seed: int) -> tuple[Path, Path]:
     return corpus, random_index_for(opened, work / f"train_index_{n}", seed)
 
 
-def train_run(n: int, corpus: Path, index: Path, work: Path, env: dict) -> dict:
+def train_run(n: int, corpus: Path, index: Path, steps: int, work: Path, env: dict) -> dict:
     """One `jsarag train` run: per-step seconds (step 1 excluded), peak RSS, wall time."""
     run = work / f"train_run_{n}"
     shutil.rmtree(run, ignore_errors=True)
     load = os.getloadavg()[0]  # another job on the machine shows here (and slows the step)
     wall = run_checked(jsarag("train", TINY, "--out", run, f"data.corpus={corpus}", f"index.path={index}",
-                              "data.dev=null", f"train.steps={TRAIN_STEPS}", "train.save_every=100",
+                              "data.dev=null", f"train.steps={steps}", "train.save_every=100",
                               "estimator.name=jsa"), env)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    steps = [r for r in records if "run" not in r and "seconds" in r]
-    return {"step_seconds": [r["seconds"] for r in steps if r["step"] > 1],
-            "peak_rss_mib": steps[-1]["peak_memory_mib"], "wall_seconds": wall, "load_average_before": load}
+    done = [r for r in records if "run" not in r and "seconds" in r]
+    return {"step_seconds": [r["seconds"] for r in done if r["step"] > 1],
+            "peak_rss_mib": done[-1]["peak_memory_mib"], "wall_seconds": wall, "load_average_before": load}
 
 
 def search_ms(indexes: dict[int, Path], seed: int, repeats: int = 30) -> dict[int, float]:
@@ -541,29 +550,29 @@ def search_ms(indexes: dict[int, Path], seed: int, repeats: int = 30) -> dict[in
     return {n: median(t) for n, t in times.items()}
 
 
-def measure_train(sizes: tuple[int, int], rounds: int, work: Path, env: dict, seed: int) -> dict:
+def measure_train(sizes: tuple[int, int], rounds: int, steps: int, work: Path, env: dict, seed: int) -> dict:
     small, large = sizes
     data = {n: train_data(n, work, seed) for n in sizes}
     runs: dict[int, list[dict]] = {n: [] for n in sizes}
     for r in range(rounds):  # ABBA...: drift in the machine's load hits both sizes alike
         for n in (sizes if r % 2 == 0 else sizes[::-1]):
-            runs[n].append(train_run(n, *data[n], work, env))
+            runs[n].append(train_run(n, *data[n], steps, work, env))
             say(f"  train round {r + 1}/{rounds} [{n:,} passages]: median step "
                 f"{median(runs[n][-1]['step_seconds']):.3f} s, peak RSS {runs[n][-1]['peak_rss_mib']:,.0f} MiB")
-    step = {n: median([s for run in runs[n] for s in run["step_seconds"]]) for n in sizes}
+    step_s = {n: median([s for run in runs[n] for s in run["step_seconds"]]) for n in sizes}
     rss = {n: median([run["peak_rss_mib"] for run in runs[n]]) for n in sizes}
     searched = search_ms({n: data[n][1] for n in sizes}, seed)
     dim = json.loads((data[large][1] / "meta.json").read_text())["dim"]
     index_growth = (large - small) * dim * 4 / 2**20
-    ratio = step[large] / step[small]
-    say(f"training ({TRAIN_STEPS} JSA steps, {rounds} runs a size): median step {step[small]:.3f} s at {small:,} "
-        f"passages, {step[large]:.3f} s at {large:,} (ratio {ratio:.3f}); Flat searches of a step "
+    ratio = step_s[large] / step_s[small]
+    say(f"training ({steps} JSA steps, {rounds} runs a size): median step {step_s[small]:.3f} s at {small:,} "
+        f"passages, {step_s[large]:.3f} s at {large:,} (ratio {ratio:.3f}); Flat searches of a step "
         f"{searched[small]:.1f} ms vs {searched[large]:.1f} ms; peak RSS {rss[small]:,.0f} vs {rss[large]:,.0f} MiB "
         f"(+{rss[large] - rss[small]:,.0f}; the Flat index alone grows {index_growth:,.0f} MiB)")
-    return {"train_step_seconds_10k": step[small], "train_step_seconds_1m": step[large],
+    return {"train_step_seconds_10k": step_s[small], "train_step_seconds_1m": step_s[large],
             "train_step_ratio_1m_over_10k": ratio, "train_peak_rss_mib_10k": rss[small],
             "train_peak_rss_mib_1m": rss[large], "index_mib_1m_minus_10k": index_growth,
-            "train": {"passages": list(sizes), "steps": TRAIN_STEPS, "rounds": rounds,
+            "train": {"passages": list(sizes), "steps": steps, "rounds": rounds,
                       "search_ms": {str(n): searched[n] for n in sizes},
                       "round_ratios": [median(b["step_seconds"]) / median(a["step_seconds"])
                                        for a, b in zip(runs[small], runs[large])],
@@ -576,7 +585,7 @@ def measure_train(sizes: tuple[int, int], rounds: int, work: Path, env: dict, se
 
 # ---- the whole benchmark ------------------------------------------------------------------------
 def measure(args) -> dict:
-    parts = args.only or list(PARTS)
+    parts, sizes = args.only or list(PARTS), SIZES[common.size(args)]
     work = Path(args.work or tempfile.mkdtemp(prefix="jsarag-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     # This process converts corpora too (for their fingerprints): into the cache the commands use.
@@ -584,20 +593,22 @@ def measure(args) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     if args.threads:  # the commands and probes run with this many torch / faiss (OpenMP) threads too
         env["OMP_NUM_THREADS"] = str(args.threads)
-        apply_threads(args.threads)
-    result = {"machine": machine_info()}
-    say(f"CPU: {result['machine']['cpu_model']}, {result['machine']['cpu_capability']}, "
+        common.apply_threads(args.threads)
+    result = {"benchmark": NAME, "size": common.size(args), "machine": common.machine()}
+    say(f"CPU: {result['machine']['cpu_model']}, {result['machine']['precision']['cpu']}, "
         f"{result['machine']['usable_cores']} usable cores; parts: {', '.join(parts)}")
-    train_sizes = (10_000, pick(args, "train_size", 1_000_000, 200_000))
+    train_sizes = (sizes["train"][0], args.train_size or sizes["train"][1])
+    # Quick: DSTC11's 10,882 snippets (minutes of MiniLM encoding) only when a --work folder holds them; smoke:
+    # the tiny models over the shipped SQuAD sample.
+    recall = ({"squad_mini": TINY} if args.smoke else
+              {n: c for n, c in RECALL_CORPORA.items()
+               if not args.quick or n == "squad" or (work / f"minilm_{n}" / "meta.json").is_file()})
     steps = [
-        ("corpus", lambda: measure_corpus(pick(args, "sizes", [100_000, 1_000_000, 5_000_000],
-                                               [100_000, 300_000, 1_000_000]), work, env, args.seed)),
-        ("resume", lambda: measure_resume(work, env, args.seed)),
-        ("ivfpq", lambda: measure_ivfpq(pick(args, "ivfpq_size", 1_000_000, 200_000), work, env, args.seed)),
-        # Quick: DSTC11's 10,882 snippets (minutes of MiniLM encoding) only when a --work folder holds them.
-        ("recall", lambda: measure_recall_part([n for n in RECALL_CORPORA if not args.quick or n == "squad"
-                                                or (work / f"minilm_{n}" / "meta.json").is_file()], work, env)),
-        ("train", lambda: measure_train(train_sizes, 2 if args.quick else 3, work, env, args.seed)),
+        ("corpus", lambda: measure_corpus(args.sizes or sizes["corpus"], work, env, args.seed)),
+        ("resume", lambda: measure_resume(*sizes["resume"], work, env, args.seed)),
+        ("ivfpq", lambda: measure_ivfpq(args.ivfpq_size or sizes["ivfpq"], work, env, args.seed)),
+        ("recall", lambda: measure_recall_part(recall, work, env)),
+        ("train", lambda: measure_train(train_sizes, sizes["rounds"], sizes["steps"], work, env, args.seed)),
         ("sharded", lambda: measure_sharded(train_data(train_sizes[1], work, args.seed)[1], work, env, args.seed)),
     ]
     for name, step in steps:
@@ -605,6 +616,9 @@ def measure(args) -> dict:
             began = time.perf_counter()
             result.update(step())
             result.setdefault("part_seconds", {})[name] = time.perf_counter() - began
+    plot = args.plot or (None if args.smoke else REPO / "docs" / "scale" / "corpus_store.png")
+    if plot is not None and "sizes" in result:
+        result["plot"] = corpus_plot(result["sizes"], plot)
     return result
 
 
@@ -622,87 +636,124 @@ def extrapolate(rows: list[dict], passages: int = 21_015_324) -> dict:
             "convert_peak_rss_gib": line("convert_peak_rss_added_mib") / 2**10}
 
 
-def report(result: dict, plot: Path | None) -> None:
-    say(f"CPU capability: {result['machine']['cpu_capability']}")
-    if "extrapolated_21m" in result:
-        x = result["extrapolated_21m"]
-        say(f"21M passages (DPR Wikipedia), extrapolated: store {x['store_gib']:.1f} GiB, conversion "
-            f"{x['convert_hours']:.2f} h on this machine, conversion peak RSS {x['convert_peak_rss_gib']:.1f} GiB")
-    x = result
-    if "index_resume" in x:
-        r = x["index_resume"]
-        say(f"index build killed at {r['shards_at_kill']}/{r['shards']} shards and resumed: "
-            f"{r['shards_encoded_on_resume']} shards encoded again, result identical: {x['index_resume_identical']}")
-    if "ivfpq" in x:
-        r = x["ivfpq"]
-        say(f"IVF-PQ over {r['passages']:,} x {r['dim']}: peak RSS +{r['peak_rss_added_mib']:,.0f} MiB while "
-            f"building, index {r['index_mib']:,.0f} MiB, float32 vectors {r['vectors_float32_mib']:,.0f} MiB, "
-            f"{r['build_seconds']:.0f} s")
-    if "recall" in x:
-        say(f"recall@10 against exact search (minimum over {', '.join(x['recall'])}): "
-            f"HNSW {x['hnsw_recall_at_10']:.4f}, IVF-PQ {x['ivfpq_recall_at_10']:.4f}")
-    if "sharded" in x:
-        say(f"sharded search over {x['sharded']['world']} processes equals the whole index's: "
-            f"{x['sharded_topk_identical']}")
-    if "train" in x:
-        (small, large), searched = x["train"]["passages"], x["train"]["search_ms"]
-        say(f"training step {x['train_step_seconds_1m']:.3f} s at {large:,} passages vs "
-            f"{x['train_step_seconds_10k']:.3f} s at {small:,}: ratio {x['train_step_ratio_1m_over_10k']:.3f} "
-            f"(target <= 1.10; the step's Flat searches alone: {searched[str(large)]:.1f} vs "
-            f"{searched[str(small)]:.1f} ms)")
-        say(f"training peak RSS +{x['train_peak_rss_mib_1m'] - x['train_peak_rss_mib_10k']:,.0f} MiB at {large:,} "
-            f"passages, the Flat index alone +{x['index_mib_1m_minus_10k']:,.0f} MiB")
-    if plot is None or "sizes" not in result:
-        return
+def corpus_plot(rows: list[dict], path: Path) -> str:
+    """Open time and resident memory against corpus size, as a PNG; its path."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sizes = [r["passages"] for r in result["sizes"]]
+    sizes = [r["passages"] for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
-    a.plot(sizes, [r["open_seconds"] * 1e3 for r in result["sizes"]], "o-")
+    a.plot(sizes, [r["open_seconds"] * 1e3 for r in rows], "o-")
     a.set(xscale="log", xlabel="passages", ylabel="ms", title="opening the corpus store")
-    b.plot(sizes, [r["rss_after_open_mib"] for r in result["sizes"]], "o-", label="after opening")
-    b.plot(sizes, [r["rss_after_lookups_mib"] for r in result["sizes"]], "s-", label=f"after {LOOKUPS:,} lookups")
+    b.plot(sizes, [r["rss_after_open_mib"] for r in rows], "o-", label="after opening")
+    b.plot(sizes, [r["rss_after_lookups_mib"] for r in rows], "s-", label=f"after {LOOKUPS:,} lookups")
     b.set(xscale="log", xlabel="passages", ylabel="MiB", title="resident memory added by the corpus")
     b.legend()
     fig.tight_layout()
-    plot.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(plot, dpi=110)
-    say(f"wrote {plot}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
 
 
-def main() -> None:
-    parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=None,
-                        help="comma-separated corpus sizes (corpus part)")
-    parser.add_argument("--ivfpq-size", type=int, default=None, help="random vectors of the IVF-PQ build")
-    parser.add_argument("--train-size", type=int, default=None, help="the larger training corpus (and sharded index)")
-    parser.add_argument("--only", type=lambda s: s.split(","), default=None,
-                        help=f"comma-separated parts to run, of {','.join(PARTS)} (default: all)")
-    parser.add_argument("--work", default=None, help="folder for the generated data (default: a new temp folder)")
-    parser.add_argument("--plot", type=Path, default=REPO / "docs" / "scale" / "corpus_store.png")
-    parser.add_argument("--probe-open", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--probe-convert", nargs=2, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--probe-ivfpq", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--probe-recall", nargs=2, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--probe-sharded", nargs=2, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+def report(results: dict) -> str:
+    """A summary of whichever parts ``results`` holds (the figures' conditions and meaning: docs/scale.md)."""
+    f, x = common.f, results
+    lines = ["## Paper scale", "", "`python benchmarks/scale.py` at full size (`--only` runs parts on their own); "
+             "what each figure means, the conditions of the runs and the DPR Wikipedia estimates: docs/scale.md."]
+    if "sizes" in x:
+        lines += ["", "| passages | store | convert | peak RSS added | open | RSS added after open / after "
+                  f"{LOOKUPS:,} lookups | lookup by row / by id |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['passages']:,} | {r['store_mib']:,.0f} MiB | {f(r['convert_seconds'], 1)} s "
+                  f"({r['convert_passages_per_second'] / 1e3:.1f}k/s) | {r['convert_peak_rss_added_mib']:,.0f} MiB | "
+                  f"{f(r['open_seconds'] * 1e3, 1)} ms | {f(r['rss_after_open_mib'], 1)} / "
+                  f"{f(r['rss_after_lookups_mib'], 1)} MiB | {r['lookup_by_row_us']:.0f} / "
+                  f"{r['lookup_by_id_us']:.0f} us |"
+                  for r in x["sizes"]]
+        e = x["extrapolated_21m"]
+        lines += ["", f"Extrapolated to {e.get('passages', 21_015_324):,} passages (DPR Wikipedia): a "
+                  f"{f(e['store_gib'], 1)} GiB store, converted in {f(e['convert_hours'], 2)} h with a peak of "
+                  f"{f(e['convert_peak_rss_gib'], 1)} GiB. `jsarag ask` over the {x['passages']:,}-passage store "
+                  "(tiny models, random Flat index): first "
+                  f"answer {f(x['ask_first_answer_seconds'], 1)} s after the command's start."]
+    rows = []
+    if "index_resume" in x:
+        r = x["index_resume"]
+        rows.append(f"| `index build` killed at {r['shards_at_kill']} of {r['shards']} shards ({r['passages']:,} "
+                    f"passages), then `--resume` | {r['shards_encoded_on_resume']} shards encoded again; identical to "
+                    f"an uninterrupted build: {x['index_resume_identical']} |")
+    if "ivfpq" in x:
+        r = x["ivfpq"]
+        rows.append(f"| IVF-PQ over {r['passages']:,} x {r['dim']} random vectors (`{r['factory']}`) | built in "
+                    f"{r['build_seconds']:.0f} s, peak RSS +{r['peak_rss_added_mib']:,.0f} MiB; the index "
+                    f"{r['index_mib']:,.0f} MiB, the float32 vectors {r['vectors_float32_mib']:,.0f} MiB |")
+    if "recall" in x:
+        per = "; ".join(f"{name} ({r['passages']:,} passages, {r['queries']} questions): HNSW "
+                        f"{f(r['hnsw']['recall_at_10'], 3)}, IVF-PQ {f(r['ivfpq']['recall_at_10'], 3)}"
+                        for name, r in x["recall"].items())
+        rows.append(f"| recall@10 against exact search, dev questions as queries | {per} |")
+    if "sharded" in x:
+        r = x["sharded"]
+        rows.append(f"| sharded search, {r['world']} processes over {r['passages']:,} rows, {r['queries_per_rank']} "
+                    f"queries each, k={r['k']} | the same top k as the whole index: {x['sharded_topk_identical']} |")
+    if "train" in x:
+        (small, large), t = x["train"]["passages"], x["train"]
+        rows.append(f"| {t['steps']} JSA training steps (tiny models), {small:,} against {large:,} passages, "
+                    f"{t['rounds']} runs each | median step {f(x['train_step_seconds_10k'], 3)} s and "
+                    f"{f(x['train_step_seconds_1m'], 3)} s (x{f(x['train_step_ratio_1m_over_10k'])}; target <= 1.10: "
+                    f"{common.verdict(x['train_step_ratio_1m_over_10k'], '<= 1.10')}); the Flat searches of a step "
+                    f"{f(t['search_ms'][str(small)], 1)} and {f(t['search_ms'][str(large)], 1)} ms; peak RSS "
+                    f"+{x['train_peak_rss_mib_1m'] - x['train_peak_rss_mib_10k']:,.0f} MiB for "
+                    f"+{x['index_mib_1m_minus_10k']:,.0f} MiB of index |")
+    if rows:
+        lines += ["", "| index and training | measured |", "|---|---|"] + rows
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=None,
+                   help="comma-separated corpus sizes (corpus part)")
+    p.add_argument("--ivfpq-size", type=int, default=None, help="random vectors of the IVF-PQ build")
+    p.add_argument("--train-size", type=int, default=None, help="the larger training corpus (and sharded index)")
+    p.add_argument("--only", type=lambda s: s.split(","), default=None,
+                   help=f"comma-separated parts to run, of {','.join(PARTS)} (default: all)")
+    p.add_argument("--work", default=None, help="folder for the generated data (default: a new temp folder)")
+    p.add_argument("--plot", type=Path, default=None,
+                   help="corpus plot (default docs/scale/corpus_store.png; none for --smoke)")
+    p.add_argument("--probe-open", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--probe-convert", nargs=2, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--probe-ivfpq", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--probe-recall", nargs=2, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--probe-sharded", nargs=2, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
     if args.only and set(args.only) - set(PARTS):
-        parser.error(f"--only: unknown part(s) {sorted(set(args.only) - set(PARTS))}; choose from {', '.join(PARTS)}")
+        p.error(f"--only: unknown part(s) {sorted(set(args.only) - set(PARTS))}; choose from {', '.join(PARTS)}")
+    return args
+
+
+def run_probe(args) -> bool:
+    """Probe mode (a fresh process started by this script): run it, print its JSON; whether one ran."""
     probes = {"probe_open": lambda v: probe_open(v, args.seed), "probe_convert": lambda v: probe_convert(*v),
-              "probe_ivfpq": probe_ivfpq, "probe_recall": lambda v: probe_recall(*v)}
+              "probe_ivfpq": probe_ivfpq, "probe_recall": lambda v: probe_recall(*v),
+              "probe_sharded": lambda v: probe_sharded(*v, args.seed)}
     for name, fn in probes.items():
         if getattr(args, name):
-            print(json.dumps(fn(getattr(args, name))))
-            return
-    if args.probe_sharded:
-        probe_sharded(*args.probe_sharded, args.seed)
+            out = fn(getattr(args, name))
+            if out is not None:
+                print(json.dumps(out))
+            return True
+    return False
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if run_probe(args):
         return
-    result = measure(args)
-    report(result, args.plot)
-    emit(result, args.out)
+    results = common.write_results(measure(args), args, NAME)
+    print(report(results))
 
 
 if __name__ == "__main__":

