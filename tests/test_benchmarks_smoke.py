@@ -1,0 +1,79 @@
+"""The benchmark scripts: each end to end at its smallest size (``--smoke``: tiny random models, the shipped SQuAD
+sample) into a temporary folder, its results holding the keys its report reads; docs/benchmarks.md as
+benchmarks/report.py renders it from the committed results; the as-released JSA scorer's loss."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+MACHINE = {"cpu_model", "cpu_flags", "torch_threads", "versions", "precision", "load_average_at_end"}
+EXPECTED = {  # script -> keys of its results (besides "machine")
+    "step_cost": {"shape", "variants", "ratios", "jsa_over_rag_sequence", "jsa_over_rag_sequence_at_init",
+                  "released_over_jsa", "vrag_over_rag_sequence", "in_training"},
+    "peer_rag": {"ours_over_transformers", "equality", "timing", "config", "what_is_timed"},
+    "index_encoding": {"index", "encoding", "build_overhead", "search_overhead", "hnsw32_build_overhead",
+                       "hnsw32_search_overhead", "encode_throughput_ratio", "encode_throughput_ratio_bf16"},
+    "scaling": {"shape", "jsa_time", "jsa_memory", "index_search", "peak_mib", "step_delta_mib"},
+    "eval_throughput": {"shape", "variants", "per_passage_K5_qps", "concat_K5_qps", "concat_over_per_passage_qps"},
+    "profile_jsa": {"shape", "ranges", "phase_fractions", "top_ops", "distinct_proposals", "distinct_states",
+                    "step_median_s", "profiled_step_median_s"},
+    "scale": {"sizes", "extrapolated_21m", "ask_first_answer_seconds", "index_resume_identical", "ivfpq",
+              "ivfpq_recall_at_10", "recall", "sharded_topk_identical", "train_step_ratio_1m_over_10k"},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXPECTED)
+def test_benchmark_runs_end_to_end(name, tmp_path):
+    out = tmp_path / f"{name}.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+           "HF_HUB_OFFLINE": "1"}
+    extra = ["--work", str(tmp_path / "work")] if name == "scale" else []
+    run = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), "--smoke", "--out", str(out), *extra],
+                         cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert EXPECTED[name] <= set(results), EXPECTED[name] - set(results)
+    assert MACHINE <= set(results["machine"])
+    assert {"cpu", "precision", "precision_setting", "device"} <= set(results["machine"]["precision"])
+    if name == "profile_jsa":
+        module = importlib.import_module(name)
+        assert set(module.JSA_RANGES + module.STEP_RANGES) <= set(results["ranges"])
+    section = importlib.import_module(name).report(results)
+    assert section.startswith("## ") and section in run.stdout  # main prints the report of what it wrote
+
+
+def test_report_reproduces_docs_benchmarks_from_the_committed_results():
+    report = importlib.import_module("report")
+    assert report.render(BENCHMARKS / "results") == (REPO / "docs" / "benchmarks.md").read_text()
+
+
+def test_the_released_scorer_gives_the_library_loss():
+    """step_cost's jsa_released runs every proposal and state through the generator: cost, not a new estimate."""
+    from test_models_tiny import EXAMPLES, make_model
+
+    from jsarag.data import Batch
+    from jsarag.estimators import JSA, JSAConfig
+
+    step_cost = importlib.import_module("step_cost")
+    model, batch, values = make_model(), Batch.from_examples(EXAMPLES), []
+    for scorer in (None, step_cost.score_every_pick):
+        torch.manual_seed(3)
+        estimator = JSA(JSAConfig(num_proposals=6), top_k=3, **({"scorer": scorer} if scorer else {}))
+        with torch.no_grad():
+            loss, metrics = estimator(model, batch)
+        values.append((loss.item(), metrics["accept_rate"]))
+    assert values[0][0] == pytest.approx(values[1][0], rel=1e-5)
+    assert values[0][1] == values[1][1]
