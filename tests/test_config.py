@@ -190,6 +190,14 @@ def test_unknown_deep_key_in_yaml(tmp_path):
     assert "estimator.jsa.num_proposal" in message
 
 
+def test_a_saved_config_with_a_retired_key_loads(tmp_path):
+    """Runs saved before estimator.jsa.score_all_proposals left the config hold it (a saved config lists every key)."""
+    for value in ("false", "true"):
+        path = write(tmp_path, f"data: {{corpus: c.jsonl}}\nestimator: {{jsa: {{score_all_proposals: {value}}}}}\n")
+        assert load_config(path, saved=True).estimator.jsa == JSAConfig()
+        assert "estimator.jsa.score_all_proposals" in config_error(path)  # a config being written: unknown key
+
+
 def test_unknown_top_level_key_in_yaml(tmp_path):
     message = config_error(write(tmp_path, "data: {corpus: c.jsonl}\ntrainer: {steps: 3}\n"))
     assert "'trainer'" in message

@@ -211,9 +211,29 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or start from the defaults when ``path`` is None) and apply overrides."""
+# Keys that configs saved by earlier versions hold (a run's config.yaml lists every key) but that no longer exist,
+# and why. Loading such a config drops them; a new config that sets one is refused like any unknown key.
+RETIRED = {
+    ("estimator", "jsa", "score_all_proposals"): "the released code's cost profile, same loss: benchmarks/step_cost.py "
+                                                 "now injects its scorer into JSA",
+}
+
+
+def _drop_retired(data: dict) -> None:
+    for *parents, key in RETIRED:
+        node = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(key, None)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, *, saved: bool = False) -> Config:
+    """Read a YAML config (or start from the defaults when ``path`` is None) and apply overrides. ``saved``: the
+    config of a run or checkpoint, which may hold keys of earlier versions (``RETIRED``, dropped)."""
     data = load_yaml(path) if path is not None else {}
+    if saved:
+        _drop_retired(data)
     apply_overrides(data, Config, list(overrides or []))
     return from_dict(Config, data)
 

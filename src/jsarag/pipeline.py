@@ -242,7 +242,7 @@ def resolve_target(target: str | Path, overrides: list[str] | None = None,
     if target.is_dir():
         if not (target / "config.yaml").is_file():
             raise UserError(f"{target} is not a run folder (no config.yaml)")
-        cfg = load_config(target / "config.yaml", overrides)
+        cfg = load_config(target / "config.yaml", overrides, saved=True)
         ckpt = Path(checkpoint) if checkpoint is not None else latest_checkpoint(target)
         if ckpt is None:
             raise UserError(f"{target} holds no checkpoint yet")

@@ -20,7 +20,7 @@ def run_state(run_dir: str | Path):
     """A training run folder's resolved config, newest checkpoint (or None) and the index that goes with
     it: the checkpoint's own (refreshed while the passage encoder trained), else the run's."""
     run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(run_dir / "config.yaml", saved=True)
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is not None and (checkpoint / "index").is_dir():
         index_dir = checkpoint / "index"

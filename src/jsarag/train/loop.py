@@ -85,7 +85,7 @@ class BatchSchedule:
 
 
 def _check_resume(cfg: Config, run_dir: Path) -> None:
-    saved = load_config(run_dir / "config.yaml")
+    saved = load_config(run_dir / "config.yaml", saved=True)
     mine, theirs = _flatten(to_dict(cfg)), _flatten(to_dict(saved))
     changed = [k for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)
                and k not in RESUMABLE_CHANGES]
