@@ -32,3 +32,35 @@ def tiny_passages(n: int = 5):
         ("Nile", "The Nile is a major north-flowing river in northeastern Africa."),
     ]
     return [Passage(id=f"p{i}", title=t, text=x) for i, (t, x) in enumerate(texts[:n])]
+
+
+def make_model(generator="builtin:tiny-llama", *, train_passage=False, lora=False, n=8):
+    """Tiny random retriever and generator over ``n`` passages of ``tiny_passages``, indexed (no downloads)."""
+    import torch
+
+    from jsarag.config import GeneratorConfig, LoraConfig, RetrieverConfig
+    from jsarag.data import Corpus
+    from jsarag.index import build_index
+    from jsarag.models.generator import Generator
+    from jsarag.models.rag import RAGModel
+    from jsarag.models.retriever import Retriever
+
+    torch.manual_seed(0)
+    corpus = Corpus(tiny_passages(n))
+    retriever = Retriever.from_config(RetrieverConfig(model="builtin:tiny-bert",
+                                                      train_passage_encoder=train_passage))
+    gen = Generator.from_config(GeneratorConfig(model=generator, max_answer_tokens=8,
+                                                lora=LoraConfig(enabled=lora, r=4, alpha=8)))
+    retriever.attach(build_index(corpus, retriever.passage, progress=False), corpus)
+    return RAGModel(retriever, gen)
+
+
+def tiny_examples():
+    """Three questions about ``tiny_passages``, each with its gold passage."""
+    from jsarag.data import Example
+
+    return [
+        Example("e1", "Which river flows to the North Sea?", ("the Rhine",), ("p2",), "question"),
+        Example("e2", "Who invented alternating current systems?", ("Nikola Tesla",), ("p3",), "question"),
+        Example("e3", "What is the capital of France?", ("Paris",), ("p0",), "question"),
+    ]

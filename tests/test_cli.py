@@ -284,7 +284,7 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 # ---- 4. help ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("command", [
-    [], ["train"], ["index", "build"], ["eval"], ["ask"], ["plot"], ["quickstart"],
+    [], ["train"], ["index", "build"], ["eval"], ["ask"], ["plot"], ["quickstart"], ["compare"], ["variance"],
 ], ids=lambda c: "-".join(c) or "top")
 def test_help(cli_env, command):
     result = run_cli(cli_env, *command, "--help")
@@ -319,6 +319,12 @@ def check_user_error(result: Result, *fragments: str, absent: tuple[Path, ...] =
             listing = sorted(str(p.relative_to(path)) for p in path.rglob("*"))[:20]
             problems.append(f"{path} was created (partial output): {listing}")
     assert not problems, "\n".join(problems) + "\n\n" + result.describe()
+
+
+def test_unknown_method(cli_env, tmp_path):
+    out = tmp_path / "study"
+    result = run_cli(cli_env, "compare", TINY, "--name", "x", "--out", out, "--methods", "jsa_sum,nope")
+    check_user_error(result, "unknown method(s) nope", "jsa_sum", absent=(out,))
 
 
 def test_unknown_key_in_override(cli_env, tmp_path):

@@ -407,6 +407,19 @@ def test_saved_config_is_plain_yaml(tmp_path):
     assert isinstance(data["optim"]["lr_generator"], float)
 
 
+def test_config_pickles_and_copies_by_value():
+    """The estimator section's class is built from the registry; a pickle rebuilds it where it is loaded."""
+    import copy
+    import pickle
+
+    cfg = load_config(TINY, ["estimator.name=vrag", "estimator.vrag.mode=sampled"])
+    for again in (pickle.loads(pickle.dumps(cfg)), copy.deepcopy(cfg)):
+        assert again == cfg and type(again.estimator) is type(cfg.estimator)
+        assert again.estimator.options() == VRAGConfig(mode="sampled")
+    assert isinstance(EstimatorConfig(name="vrag"), EstimatorConfig)
+    assert EstimatorConfig(name="vrag").vrag == VRAGConfig()
+
+
 def test_config_objects_compare_by_value():
     assert OptimConfig(lr_generator=1e-5) == OptimConfig(lr_generator=1e-5)
     assert OptimConfig(lr_generator=1e-5) != OptimConfig(lr_generator=2e-5)

@@ -8,18 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_passages
+from helpers import make_model, tiny_examples, tiny_passages
 
-from jsarag.config import Config, GeneratorConfig, LoraConfig, RetrieverConfig, load_config
-from jsarag.data import Batch, Corpus, Example
-from jsarag.estimators import ESTIMATORS, JSA, JSAConfig, VRAGConfig, build_estimator
+from jsarag.config import Config, load_config
+from jsarag.data import Batch, Corpus
+from jsarag.estimators import ESTIMATORS, JSA, JSAConfig
 from jsarag.estimators.base import count_states
 from jsarag.estimators.jsa import score_distinct
-from jsarag.index import PassageIndex, build_index
-from jsarag.models.generator import Generator
+from jsarag.index import PassageIndex
 from jsarag.models.pretrained import ModelNotFoundError
-from jsarag.models.rag import COMPONENTS, RAGModel
-from jsarag.models.retriever import Retriever, passage_text
+from jsarag.models.retriever import passage_text
 from jsarag.pipeline import build_model, load_corpus, prepare_index
 from jsarag.train.logger import read_metrics
 from jsarag.train.loop import train
@@ -27,22 +25,7 @@ from jsarag.train.optim import build_optimizer
 
 TINY_YAML = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
-EXAMPLES = [
-    Example("e1", "Which river flows to the North Sea?", ("the Rhine",), ("p2",), "question"),
-    Example("e2", "Who invented alternating current systems?", ("Nikola Tesla",), ("p3",), "question"),
-    Example("e3", "What is the capital of France?", ("Paris",), ("p0",), "question"),
-]
-
-
-def make_model(generator="builtin:tiny-llama", *, train_passage=False, lora=False, n=8) -> RAGModel:
-    torch.manual_seed(0)
-    corpus = Corpus(tiny_passages(n))
-    retriever = Retriever.from_config(RetrieverConfig(model="builtin:tiny-bert",
-                                                      train_passage_encoder=train_passage))
-    gen = Generator.from_config(GeneratorConfig(model=generator, max_answer_tokens=8,
-                                                lora=LoraConfig(enabled=lora, r=4, alpha=8)))
-    retriever.attach(build_index(corpus, retriever.passage, progress=False), corpus)
-    return RAGModel(retriever, gen)
+EXAMPLES = tiny_examples()
 
 
 @pytest.fixture(scope="module")
@@ -207,52 +190,13 @@ def test_index_refresh_re_embeds_the_corpus_with_the_trained_passage_encoder(tmp
     assert records[1]["index/candidate_cosine"] < 1.0 - 1e-4
 
 
-# ---- estimators: one optimisation step each ----------------------------------------------------
-VARIANTS = {
-    "rag_sequence": ("rag_sequence", {}),
-    "rag_token": ("rag_token", {}),
-    "vrag_exact": ("vrag", {"vrag": VRAGConfig(mode="exact")}),
-    "vrag_sampled": ("vrag", {"vrag": VRAGConfig(mode="sampled", num_samples=3)}),
-    "jsa_sum": ("jsa", {"jsa": JSAConfig(num_proposals=6)}),
-    "jsa_mean_cache_posterior": ("jsa", {"jsa": JSAConfig(num_proposals=6, reduction="mean", chain_cache=True,
-                                                          candidates="posterior")}),
-}
-
-
-def snapshot(model) -> dict[str, dict[str, torch.Tensor]]:
-    return {name: copy.deepcopy(model.component(name).state_dict()) for name in COMPONENTS}
-
-
-def changed(before, after) -> bool:
-    return any(not torch.equal(before[k], after[k]) for k in before)
-
-
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_one_step_changes_trained_components_and_nothing_else(variant, batch):
-    model = make_model()
-    cfg = Config().estimator
-    cfg.name, options = VARIANTS[variant]
-    cfg.top_k = 3
-    for key, value in options.items():
-        setattr(cfg, key, value)
-    estimator = build_estimator(cfg)
-    trained = set(estimator.trains) - {"passage"}
-    model.set_trainable(trained)
-    model.train()
-    optimizer = build_optimizer(model, Config().optim)
-    for group in optimizer.param_groups:
-        group["lr"] = 1e-2
-    before = snapshot(model)
-    loss, metrics = model(batch, estimator)
-    assert torch.isfinite(loss) and metrics["loss"] == pytest.approx(loss.item())
-    loss.backward()
-    optimizer.step()
-    after = snapshot(model)
-    for name in COMPONENTS:
-        assert changed(before[name], after[name]) == (name in trained), name
-    if cfg.name == "jsa":
-        assert 0.0 <= metrics["accept_rate"] <= 1.0
-        assert 1 <= metrics["distinct_states"] <= metrics["distinct_proposals"] <= metrics["candidates"]
+# ---- estimators (the contract every one keeps: test_estimator_contract.py) -----------------------
+def test_jsa_step_statistics_are_consistent(model, batch):
+    with torch.no_grad():
+        _, metrics = JSA(JSAConfig(num_proposals=6, reduction="mean", chain_cache=True, candidates="posterior"),
+                         top_k=3)(model, batch)
+    assert 0.0 <= metrics["accept_rate"] <= 1.0
+    assert 1 <= metrics["distinct_states"] <= metrics["distinct_proposals"] <= metrics["candidates"]
 
 
 def test_lora_trains_only_the_adapter(batch):
@@ -328,6 +272,3 @@ def test_jsa_scores_through_the_injected_scorer(model, batch):
     assert values[0][0] == pytest.approx(values[1][0], rel=1e-5)
     assert values[0][1] == values[1][1]
 
-
-def test_registry_names():
-    assert set(ESTIMATORS) == {"rag_sequence", "rag_token", "vrag", "jsa"}

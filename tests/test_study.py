@@ -12,8 +12,8 @@ from helpers import REPO
 from jsarag.study.compare import (
     RunResult,
     paired_bootstrap,
+    panel_tables,
     results_table,
-    sampler_table,
     settings_text,
     significance_rows,
     step_seconds,
@@ -100,7 +100,20 @@ def test_settings_name_the_precision_the_runs_resolved_not_the_setting():
     assert "precision auto." in settings_text(cfg, config="tiny.yaml", overrides=[], out="runs")  # no logs yet
 
 
-def test_sampler_table_averages_steps_then_seeds_and_skips_methods_without_a_chain():
+def test_settings_list_each_methods_estimator_options_as_resolved():
+    from jsarag.config import load_config
+
+    tiny = REPO / "configs" / "tiny.yaml"
+    runs = [run(m, 0, {"q": 1.0}) for m in ("untrained", "vrag_sampled", "jsa_mean", "frozen_retriever")]
+    text = settings_text(load_config(tiny), config=tiny, overrides=[], out="runs", results=runs)
+    assert ("- K = 3; each method's estimator and its options:\n"
+            "  - `vrag_sampled`: `vrag`, mode sampled, candidates posterior, num_samples 4, baseline leave_one_out\n"
+            "  - `jsa_mean`: `jsa`, num_proposals 8, reduction mean, chain_cache False, candidates union, "
+            "scoring auto\n"
+            "  - `frozen_retriever`: `rag_sequence`, no options; `train.freeze=[prior]`\n") in text
+
+
+def test_panel_tables_average_steps_then_seeds_for_the_methods_of_the_panels_estimator():
     def curve(accept: list[float], states: float) -> list[dict]:
         return [{"step": i + 1, "loss": 1.0, "accept_rate": a, "distinct_states": states,
                  "distinct_proposals": 4.0, "candidates": 6.0} for i, a in enumerate(accept)]
@@ -108,13 +121,18 @@ def test_sampler_table_averages_steps_then_seeds_and_skips_methods_without_a_cha
     jsa = [run("jsa_sum", 0, {"q": 1.0}), run("jsa_sum", 1, {"q": 1.0})]
     jsa[0].curves = curve([0.2, 0.4], 2.0)  # step means: accept 0.3, states 2
     jsa[1].curves = curve([0.5, 0.7], 4.0)  # accept 0.6, states 4
+    vrag = run("vrag_exact", 0, {"q": 1.0})
+    vrag.curves = [{"step": 1, "loss": 1.0, "kl": 0.5, "candidates": 3.0}]  # VRAG logs `candidates` too
     rag = run("rag_sequence", 0, {"q": 1.0})
     rag.curves = [{"step": 1, "loss": 1.0}]
-    table = "\n".join(sampler_table([*jsa, rag]))
+    tables = {panel.title: "\n".join(rows) for panel, rows in panel_tables([*jsa, vrag, rag])}
+    # JSA's losses were not logged here: no table. VRAG's panel has one metric of two logged.
+    assert list(tables) == ["VRAG's ELBO terms", "JSA's sampler"]
+    assert "| vrag_exact | 0.50 | - |" in tables["VRAG's ELBO terms"]
     # Over seeds: accept mean 0.45, sample std 0.21; states mean 3, std 1.41; the others constant.
-    assert "| jsa_sum | 0.45 ± 0.21 | 3.00 ± 1.41 | 4.00 ± 0.00 | 6.00 ± 0.00 |" in table
-    assert "rag_sequence" not in table
-    assert sampler_table([rag]) == []
+    assert "| jsa_sum | 0.45 ± 0.21 | 3.00 ± 1.41 | 4.00 ± 0.00 | 6.00 ± 0.00 |" in tables["JSA's sampler"]
+    assert "vrag_exact" not in tables["JSA's sampler"] and "rag_sequence" not in "".join(tables.values())
+    assert panel_tables([rag]) == []
 
 
 def test_running_variance_matches_torch():
@@ -171,7 +189,7 @@ def test_compare_command_end_to_end_on_tiny_models(tmp_path):
                    "jsa_sum minus", "0 (deterministic)", "jsarag compare", "![learning_curves]",
                    "## Learning signal", "| untrained | ", "## JSA's sampler during training", "- K = ", "steps of"):
         assert needle in report, needle
-    assert (tmp_path / "results" / "tiny" / "acceptance_rate.png").is_file()
+    assert (tmp_path / "results" / "tiny" / "accept_rate.png").is_file()  # JSA's panel names it for comparison
     # A second call finds every run finished and only rewrites the report.
     again = subprocess.run(args[:-7] + ["--variance-draws", "0", "--signal-examples", "0", "--report-dir",
                                         str(tmp_path / "results"), "data.max_eval_examples=4"],

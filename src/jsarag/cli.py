@@ -28,6 +28,9 @@ app.add_typer(data_app, name="data")
 
 OVERRIDES = typer.Argument(None, help="Config overrides, e.g. optim.lr_generator=1e-4 estimator.name=vrag",
                            show_default=False)
+# Resolved from the estimator registry when the command runs (reading it here would import torch for --help).
+METHODS = typer.Option(None, help="Comma-separated methods (default: every method of every registered "
+                                  "estimator).", show_default=False)
 
 
 # Verbs that load models; the others (help included) never import torch or transformers.
@@ -192,8 +195,10 @@ def compare(config: Path = typer.Argument(..., help="Dataset config (e.g. config
             name: str = typer.Option(..., help="Dataset name for the report: docs/results/NAME.md."),
             out: Path = typer.Option(..., "--out", help="Study folder (runs, index, logs); rerun to resume."),
             seeds: str = typer.Option("0,1,2", help="Comma-separated seeds."),
-            methods: str = typer.Option(",".join(["rag_sequence", "rag_token", "vrag_exact", "vrag_sampled",
-                                                  "jsa_sum", "jsa_mean"]), help="Comma-separated methods."),
+            methods: Optional[str] = METHODS,
+            reference: Optional[str] = typer.Option(None, help="The method the others are measured against in the "
+                                                    "significance table (default: jsa_sum when it runs, else the "
+                                                    "first method).", show_default=False),
             variance_draws: int = typer.Option(20, help="Redraws for the gradient-variance table (0: skip)."),
             report_dir: Path = typer.Option(Path("docs/results"), help="Where the report and plots go."),
             signal_examples: int = typer.Option(60, help="Training questions for the learning-signal table "
@@ -204,7 +209,6 @@ def compare(config: Path = typer.Argument(..., help="Dataset config (e.g. config
     from rich.markdown import Markdown
 
     from jsarag.config import load_config
-    from jsarag.errors import UserError
     from jsarag.study.compare import (
         cached_json,
         results_table,
@@ -214,13 +218,11 @@ def compare(config: Path = typer.Argument(..., help="Dataset config (e.g. config
         write_plots,
         write_report,
     )
-    from jsarag.study.methods import METHODS
+    from jsarag.study.methods import choose_methods, choose_reference
     from jsarag.study.variance import format_variance, gradient_variance
 
-    chosen = [m for m in methods.split(",") if m]
-    unknown = sorted(set(chosen) - set(METHODS))
-    if unknown:
-        raise UserError(f"unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})")
+    chosen = choose_methods(methods)
+    reference = choose_reference(chosen, reference)
     seed_list = [int(s) for s in seeds.split(",") if s]
     extra = list(overrides or [])
     results = run_comparison(config, out, seeds=seed_list, methods=chosen, overrides=extra)
@@ -235,31 +237,28 @@ def compare(config: Path = typer.Argument(..., help="Dataset config (e.g. config
               if signal_examples > 0 else [])
     plots = write_plots(results, report_dir / name, seed=seed_list[0])
     command = " ".join(["jsarag compare", str(config), f"--name {name}", f"--out {out}", f"--seeds {seeds}",
-                        f"--methods {methods}", f"--variance-draws {variance_draws}",
+                        f"--methods {','.join(chosen)}", f"--reference {reference}",
+                        f"--variance-draws {variance_draws}",
                         f"--signal-examples {signal_examples}", *extra])
     settings = settings_text(load_config(config, extra), config=config, overrides=extra, out=out, results=results)
     write_report(report_dir / f"{name}.md", name=name, command=command, settings=settings, results=results,
-                 variance_rows=variance_rows, plots=plots, signal_table=signal)
+                 variance_rows=variance_rows, plots=plots, reference=reference, signal_table=signal)
     Console().print(Markdown("\n".join(results_table(results))))
 
 
 @app.command()
 @user_errors
 def variance(config: Path = typer.Argument(..., help="Dataset config."),
-             methods: str = typer.Option("rag_sequence,rag_token,vrag_exact,vrag_sampled,jsa_sum,jsa_mean"),
+             methods: Optional[str] = METHODS,
              draws: int = typer.Option(20, help="Redraws of each estimator's randomness."),
              batch_size: int = typer.Option(4, help="Examples in the fixed mini-batch."),
              out: Optional[Path] = typer.Option(None, help="Write the results as JSON here."),
              overrides: Optional[list[str]] = OVERRIDES):
     """Gradient variance per component at fixed parameters and a fixed mini-batch."""
-    from jsarag.errors import UserError
-    from jsarag.study.methods import METHODS
+    from jsarag.study.methods import choose_methods
     from jsarag.study.variance import format_variance, gradient_variance
 
-    chosen = [m for m in methods.split(",") if m]
-    unknown = sorted(set(chosen) - set(METHODS))
-    if unknown:
-        raise UserError(f"unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})")
+    chosen = choose_methods(methods)
     results = gradient_variance(config, list(overrides or []), chosen, draws=draws, batch_size=batch_size)
     if out is not None:
         out.write_text(json.dumps(results, indent=2))

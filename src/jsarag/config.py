@@ -9,6 +9,8 @@ raise ``ConfigError`` with the dotted key in the message.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -27,10 +29,7 @@ from jsarag.configtools import (
     positive,
     to_dict,
 )
-from jsarag.estimators.jsa import JSAConfig
-from jsarag.estimators.rag_sequence import RagSequenceConfig
-from jsarag.estimators.rag_token import RagTokenConfig
-from jsarag.estimators.vrag import VRAGConfig
+from jsarag.estimators import ESTIMATORS
 
 
 @dataclass
@@ -115,14 +114,30 @@ class IndexConfig:
                      refresh_every=at_least(0))
 
 
+DEFAULT_ESTIMATOR = "jsa"
+
+
 @dataclass
 class EstimatorConfig:
-    name: Literal["rag_sequence", "rag_token", "vrag", "jsa"] = "jsa"
+    """The estimator that trains (``name``), the top K it retrieves, and one section of options per
+    registered estimator (``jsa: {num_proposals: 20}``), each estimator's ``options`` dataclass.
+
+    The sections come from ``jsarag.estimators.ESTIMATORS``: ``EstimatorConfig(...)`` makes an instance of
+    ``estimator_config_class()``, the subclass with ``name`` restricted to the registered names and one
+    field per estimator, so that ``cfg.estimator.jsa.num_proposals`` is typed and validated like any field.
+    """
+    name: str = DEFAULT_ESTIMATOR
     top_k: int = 10
-    rag_sequence: RagSequenceConfig = field(default_factory=RagSequenceConfig)
-    rag_token: RagTokenConfig = field(default_factory=RagTokenConfig)
-    vrag: VRAGConfig = field(default_factory=VRAGConfig)
-    jsa: JSAConfig = field(default_factory=JSAConfig)
+
+    def __new__(cls, *args, **kwargs):
+        return super().__new__(estimator_config_class() if cls is EstimatorConfig else cls)
+
+    def __reduce__(self):  # pickled by value: the subclass is rebuilt from the registry where it is loaded
+        return EstimatorConfig, (), dict(self.__dict__)
+
+    @classmethod
+    def config_class(cls) -> type[EstimatorConfig]:
+        return estimator_config_class()
 
     def validate(self) -> None:  # at most the corpus size too, checked when the corpus is read
         check_ranges(self, top_k=at_least(1))
@@ -130,6 +145,21 @@ class EstimatorConfig:
     def options(self):
         """The config object of the selected estimator."""
         return getattr(self, self.name)
+
+
+def estimator_config_class() -> type[EstimatorConfig]:
+    """``EstimatorConfig`` with the sections of the estimators registered now (the same class while they
+    do not change, so that configs compare equal)."""
+    return _estimator_config_class(tuple((name, cls.options) for name, cls in ESTIMATORS.items()))
+
+
+@functools.cache
+def _estimator_config_class(sections: tuple[tuple[str, type], ...]) -> type[EstimatorConfig]:
+    names = tuple(name for name, _ in sections)
+    fields = [("name", Literal[names], field(default=DEFAULT_ESTIMATOR)),
+              *((name, options, field(default_factory=options)) for name, options in sections)]
+    return dataclasses.make_dataclass("EstimatorConfig", fields, bases=(EstimatorConfig,),
+                                      namespace={"__module__": __name__, "__qualname__": "EstimatorConfig"})
 
 
 @dataclass

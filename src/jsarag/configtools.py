@@ -2,7 +2,9 @@
 
 Config classes are plain dataclasses (inert data). This module turns nested dicts into them with
 type checking, so that a mistake in a YAML file or on the command line is reported as one line that
-names the key, e.g. ``optim.lr_generator: expected a float, got 'fast'``.
+names the key, e.g. ``optim.lr_generator: expected a float, got 'fast'``. A section whose fields are
+known only at run time (the estimator's: one per registered estimator) declares a classmethod
+``config_class()`` that returns the dataclass to build in its place (see ``config_class``).
 """
 
 from __future__ import annotations
@@ -179,12 +181,20 @@ def check_ranges(obj: Any, **ranges: Range) -> None:
                 raise OutOfRange(name if i is None else f"{name}[{i}]", item, valid)
 
 
+def config_class(cls: type[T]) -> type[T]:
+    """The dataclass that holds a section declared as ``cls``: ``cls`` itself, or what its ``config_class()``
+    classmethod returns (a subclass with the fields that are known only at run time)."""
+    build = getattr(cls, "config_class", None)
+    return build() if build is not None else cls
+
+
 def _hints(cls: type) -> dict[str, Any]:
     return get_type_hints(cls)
 
 
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and mistyped values."""
+    cls = config_class(cls)
     hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -230,7 +240,7 @@ def apply_overrides(data: dict[str, Any], cls: type, overrides: list[str]) -> di
             raise ConfigError(f"override '{item}' is not of the form key=value")
         dotted, raw = item.split("=", 1)
         parts = dotted.strip().split(".")
-        node, node_cls = data, cls
+        node, node_cls = data, config_class(cls)
         for depth, part in enumerate(parts):
             hints = _hints(node_cls)
             key = ".".join(parts[: depth + 1])
@@ -250,7 +260,7 @@ def apply_overrides(data: dict[str, Any], cls: type, overrides: list[str]) -> di
                     child = node[part] = {}
                 elif not isinstance(child, dict):
                     raise ConfigError(f"{key}: expected a mapping, got {_describe(child)}")
-                node, node_cls = child, tp
+                node, node_cls = child, config_class(tp)
     return data
 
 
@@ -287,5 +297,5 @@ def dump_yaml(obj: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False), encoding="utf-8")
 
 
-__all__ = ["ConfigError", "OutOfRange", "Range", "at_least", "check_ranges", "fraction", "positive",
-           "range_message", "from_dict", "to_dict", "apply_overrides", "load_yaml", "dump_yaml"]
+__all__ = ["ConfigError", "OutOfRange", "Range", "at_least", "check_ranges", "config_class", "fraction",
+           "positive", "range_message", "from_dict", "to_dict", "apply_overrides", "load_yaml", "dump_yaml"]

@@ -1,18 +1,23 @@
-"""Estimators of the RAG training gradient, by name. One file per estimator."""
+"""Estimators of the RAG training gradient, by name. One file per estimator.
+
+``ESTIMATORS`` is the single list of them: the config's ``estimator`` section (``name`` and one section of
+options per entry), the study's methods, the command line's defaults and the plots are all read from it.
+Adding an estimator is a new file here and one entry below (see docs/method.md, "Adding an estimator").
+"""
 
 from __future__ import annotations
 
-from jsarag.estimators.base import Estimator
+from jsarag.estimators.base import Estimator, Panel
 from jsarag.estimators.jsa import JSA, JSAConfig
 from jsarag.estimators.rag_sequence import RagSequence, RagSequenceConfig
 from jsarag.estimators.rag_token import RagToken, RagTokenConfig
 from jsarag.estimators.vrag import VRAG, VRAGConfig
 
-ESTIMATORS = {
-    "rag_sequence": RagSequence,
-    "rag_token": RagToken,
-    "vrag": VRAG,
-    "jsa": JSA,
+ESTIMATORS: dict[str, type[Estimator]] = {
+    RagSequence.name: RagSequence,
+    RagToken.name: RagToken,
+    VRAG.name: VRAG,
+    JSA.name: JSA,
 }
 
 
@@ -21,5 +26,5 @@ def build_estimator(cfg) -> Estimator:
     return ESTIMATORS[cfg.name](cfg.options(), top_k=cfg.top_k)
 
 
-__all__ = ["ESTIMATORS", "Estimator", "build_estimator", "JSA", "JSAConfig", "RagSequence", "RagSequenceConfig",
-           "RagToken", "RagTokenConfig", "VRAG", "VRAGConfig"]
+__all__ = ["ESTIMATORS", "Estimator", "Panel", "build_estimator", "JSA", "JSAConfig", "RagSequence",
+           "RagSequenceConfig", "RagToken", "RagTokenConfig", "VRAG", "VRAGConfig"]

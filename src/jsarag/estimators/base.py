@@ -6,6 +6,12 @@ parameters it produces gradients for (see ``jsarag.models.rag.COMPONENTS``). Est
 across steps (the JSA chain cache) expose ``state_dict`` / ``load_state_dict`` for checkpoints, and
 ``pop_updates`` / ``apply_updates`` so that data-parallel processes keep the same state.
 
+Each class also describes itself, so that the rest of the package needs no edit when one is added
+(``jsarag.estimators.ESTIMATORS`` lists them): ``name`` (the value of ``estimator.name``), ``options`` (the
+dataclass of its section ``estimator.<name>``), ``methods`` (the option settings a study compares),
+``panels`` (the metrics it logs, for plots and reports) and ``deterministic`` (whether its gradient is a
+function of the parameters and the batch alone, given its options).
+
 Notation: B examples, K candidates, M proposals; rows are corpus row numbers.
 
 Each estimator runs its numbered steps inside ``torch.profiler.record_function`` ranges named
@@ -16,15 +22,39 @@ without one a range costs a few microseconds.
 from __future__ import annotations
 
 import contextlib
-from typing import Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
 
 import torch
 
 from jsarag.data import Batch
 
+MethodOptions = Mapping[str, str | int | float | bool]  # option -> value, as an override would set it
+
+
+@dataclass(frozen=True)
+class Panel:
+    """Metrics an estimator logs that belong together (keys of the dict its ``__call__`` returns).
+
+    ``jsarag plot`` draws a panel as one PNG, a line per metric (a panel named like one of its own, e.g.
+    ``losses``, joins it). ``jsarag compare`` reports it as a table, a row per method, with the
+    descriptions as its legend, and draws each metric in ``compared`` as one PNG, a line per method; the
+    training progress bar shows those too.
+    """
+    name: str
+    title: str
+    metrics: Mapping[str, str]  # metric key -> what it measures, one phrase
+    compared: tuple[str, ...] = ()  # its headline metrics
+
 
 class Estimator(Protocol):
+    name: ClassVar[str]
+    options: ClassVar[type]  # a dataclass whose every field has a default
+    methods: ClassVar[Mapping[str, MethodOptions]]  # study method name -> options that differ from the defaults
+    panels: ClassVar[tuple[Panel, ...]]
     trains: frozenset[str]
+    deterministic: bool
 
     def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]: ...
 

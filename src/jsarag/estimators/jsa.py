@@ -67,6 +67,7 @@ from torch.profiler import record_function
 from jsarag.configtools import at_least, check_ranges
 from jsarag.data import Batch
 from jsarag.estimators.base import (
+    Panel,
     candidate_union,
     count_states,
     sample_candidates,
@@ -169,7 +170,22 @@ def score_distinct(model, batch: Batch, rows: torch.Tensor, picks: torch.Tensor,
 
 
 class JSA:
+    name = "jsa"
+    options = JSAConfig
+    methods = {"jsa_sum": {"reduction": "sum"}, "jsa_mean": {"reduction": "mean"}}
+    panels = (
+        Panel("losses", "JSA's losses", {"loss_gen": "-log p_g(y|x,h) over the chain states",
+                                         "loss_prior": "-log p_r(h|x) over them",
+                                         "loss_post": "-log q(h|x,y) over them"}),
+        Panel("acceptance", "JSA's sampler", {
+            "accept_rate": "the share of the m proposals accepted",
+            "distinct_states": "the distinct passages the chain visited (these get generator gradients)",
+            "distinct_proposals": "the distinct passages proposed (scored once without gradient)",
+            "candidates": "the candidate set the posterior and prior are normalised over (`union`: the prior's "
+                          "top K with the posterior's top K)"}, compared=("accept_rate",)),
+    )
     trains = frozenset({"prior", "posterior", "passage", "generator"})
+    deterministic = False
 
     def __init__(self, cfg: JSAConfig | None = None, top_k: int = 10, scorer: Scorer = score_distinct):
         self.cfg = cfg or JSAConfig()

@@ -34,7 +34,12 @@ def rag_sequence_nll(log_prior: torch.Tensor, seq_loglik: torch.Tensor) -> torch
 
 
 class RagSequence(Stateless):
+    name = "rag_sequence"
+    options = RagSequenceConfig
+    methods = {"rag_sequence": {}}
+    panels = ()
     trains = frozenset({"prior", "passage", "generator"})
+    deterministic = True
 
     def __init__(self, cfg: RagSequenceConfig | None = None, top_k: int = 10):
         self.cfg = cfg or RagSequenceConfig()

@@ -33,7 +33,12 @@ def rag_token_nll(log_prior: torch.Tensor, token_loglik: torch.Tensor, answer_ma
 
 
 class RagToken(Stateless):
+    name = "rag_token"
+    options = RagTokenConfig
+    methods = {"rag_token": {}}
+    panels = ()
     trains = frozenset({"prior", "passage", "generator"})
+    deterministic = True
 
     def __init__(self, cfg: RagTokenConfig | None = None, top_k: int = 10):
         self.cfg = cfg or RagTokenConfig()

@@ -30,6 +30,7 @@ from torch.profiler import record_function
 from jsarag.configtools import OutOfRange, at_least, check_ranges
 from jsarag.data import Batch
 from jsarag.estimators.base import (
+    Panel,
     Stateless,
     candidate_union,
     count_states,
@@ -81,11 +82,20 @@ def vrag_surrogate_sampled(log_post_samples: torch.Tensor, sample_loglik: torch.
 
 
 class VRAG(Stateless):
+    name = "vrag"
+    options = VRAGConfig
+    methods = {"vrag_exact": {"mode": "exact"}, "vrag_sampled": {"mode": "sampled"}}
+    panels = (Panel("losses", "VRAG's ELBO terms", {"kl": "KL(q || p_r) over the candidates",
+                                                    "expected_loglik": "E_q[log p_g(y|x,h)], exact or sampled"}),)
     trains = frozenset({"prior", "posterior", "passage", "generator"})
 
     def __init__(self, cfg: VRAGConfig | None = None, top_k: int = 10):
         self.cfg = cfg or VRAGConfig()
         self.top_k = top_k
+
+    @property
+    def deterministic(self) -> bool:
+        return self.cfg.mode == "exact"
 
     def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         retriever = model.retriever

@@ -7,7 +7,8 @@ For each seed and method: the same pretrained retriever and generator, the same 
 is a `jsarag train` subprocess (so that its peak memory is its own) into OUT/seed<s>/<method>; a
 finished run is not redone, an interrupted one is resumed. The untrained model and the generator
 fine-tuned on a frozen retriever are the reference points. The report (markdown table, paired
-significance, plots) is written to docs/results/<name>.md.
+significance, plots) is written to docs/results/<name>.md. Nothing here knows a particular estimator: the
+methods, their options and the statistics each estimator logs (its ``panels``) come from the registry.
 """
 
 from __future__ import annotations
@@ -20,15 +21,17 @@ import shlex
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from jsarag.config import load_config
+from jsarag.configtools import to_dict
+from jsarag.estimators import ESTIMATORS, Panel
 from jsarag.eval.metrics import exact_match, token_f1
 from jsarag.eval.plots import line_plot
 from jsarag.study.diagnostics import learning_signal, retriever_recall, run_recall, run_state
-from jsarag.study.methods import BASELINES, METHODS, UNTRAINED
+from jsarag.study.methods import BASELINES, UNTRAINED, all_methods
 from jsarag.train.logger import read_metrics
 
 REPORT_METRICS = ("em", "f1", "rougeL", "bleu4", "recall@1", "recall@5", "mrr@10")
@@ -136,7 +139,8 @@ def run_comparison(config: str | Path, out: str | Path, *, seeds: list[int], met
     results.append(_collect(UNTRAINED, -1, untrained, None))
     results[-1].summary.update(cached_json(untrained / "retriever_recall.json",
                                        lambda: retriever_recall(cfg, None, index_dir)))
-    plan = {**{m: METHODS[m] for m in methods}, **BASELINES}
+    known = all_methods()
+    plan = {m: known[m].overrides() for m in [*methods, *BASELINES]}
     for seed in seeds:
         for method, extra in plan.items():
             run_dir = out / f"seed{seed}" / method
@@ -181,20 +185,40 @@ def _precision_text(setting: str, results: Sequence[RunResult]) -> str:
     return " / ".join(f"{precision} (train.precision {setting}; {where})" for precision, where in used)
 
 
+def _methods_run(results: Iterable[RunResult]) -> list[str]:
+    """The methods (registered ones and baselines) among ``results``, in first-seen order."""
+    known = all_methods()
+    return list(dict.fromkeys(r.method for r in results if r.method in known))
+
+
+def estimator_options_lines(config: str | Path, overrides: list[str], methods: Iterable[str]) -> list[str]:
+    """One markdown list item per method: its estimator and that estimator's resolved options."""
+    known = all_methods()
+    lines = []
+    for method in methods:
+        spec = known[method]
+        options = to_dict(load_config(config, [*overrides, *spec.overrides()]).estimator.options())
+        values = ", ".join(f"{key} {value}" for key, value in options.items()) or "no options"
+        extra = "".join(f"; `{o}`" for o in spec.extra)
+        lines.append(f"  - `{method}`: `{spec.estimator}`, {values}{extra}")
+    return lines
+
+
 def settings_text(cfg, *, config: str | Path, overrides: list[str], out: str | Path,
                   results: Sequence[RunResult] = ()) -> str:
-    """The settings every method shares, from the resolved config (the methods differ only in the estimator)
-    and, for the precision, from the runs' logs."""
+    """The settings every method shares, from the resolved config (the methods differ only in the estimator),
+    each method's estimator options, and, for the precision, the runs' logs."""
     e, g, o, t, r = cfg.estimator, cfg.generator, cfg.optim, cfg.train, cfg.retriever
     lora = f" + LoRA (r {g.lora.r}, alpha {g.lora.alpha})" if g.lora.enabled else ""
+    options = estimator_options_lines(config, overrides, _methods_run(results))
     return "\n".join([
         f"- Config `{config}`, overrides `{' '.join(overrides) or '(none)'}`; the resolved config of every run is "
         f"`{out}/seed*/<method>/config.yaml`.",
         f"- Retriever `{r.model}` (temperature {r.temperature}, passage encoder "
         f"{'trained' if r.train_passage_encoder else 'frozen'}); generator `{g.model}`{lora}; passages cut at "
         f"{g.max_passage_tokens} tokens, answers at {g.max_answer_tokens}.",
-        f"- K = {e.top_k}; JSA m = {e.jsa.num_proposals} proposals, candidates `{e.jsa.candidates}`, chain cache "
-        f"`{e.jsa.chain_cache}`; VRAG sampled: {e.vrag.num_samples} samples.",
+        f"- K = {e.top_k}" + ("; each method's estimator and its options:" if options else "."),
+        *options,
         f"- {t.steps} steps of {t.batch_size} questions ({t.steps * t.batch_size} training questions seen), "
         f"AdamW, learning rates generator {o.lr_generator:g}, prior {o.lr_prior:g}, posterior {o.lr_posterior:g}, "
         f"{o.warmup_steps} warm-up steps then {o.schedule}, clipping {o.max_grad_norm}, "
@@ -264,19 +288,56 @@ def retriever_table(results: list[RunResult]) -> list[str]:
     return rows
 
 
-SAMPLER_KEYS = ("accept_rate", "distinct_states", "distinct_proposals", "candidates")
+def estimators_used(methods: Iterable[str]) -> dict[str, list[str]]:
+    """Registered estimator name -> the methods among ``methods`` that train with it, in the registry's order
+    (names that are no method, e.g. ``untrained``, are left out)."""
+    known = all_methods()
+    chosen = [m for m in dict.fromkeys(methods) if m in known]
+    used = {name: [m for m in chosen if known[m].estimator == name] for name in ESTIMATORS}
+    return {name: ms for name, ms in used.items() if ms}
 
 
-def sampler_table(results: list[RunResult]) -> list[str]:
-    """JSA's chain over training: mean per step of each sampler statistic, mean ± std over seeds."""
-    groups = _by_method(results, lambda r: any("accept_rate" in c for c in r.curves))
-    if not groups:
-        return []
-    rows = ["| method | " + " | ".join(SAMPLER_KEYS) + " |", "|---|" + "---|" * len(SAMPLER_KEYS)]
-    for method, runs in groups.items():
-        cells = [_mean_std([statistics.mean(c[k] for c in r.curves if k in c) for r in runs]) for k in SAMPLER_KEYS]
-        rows.append(f"| {method} | " + " | ".join(cells) + " |")
-    return rows
+def _run_mean(run: RunResult, key: str) -> float:
+    values = [c[key] for c in run.curves if c.get(key) is not None]
+    return statistics.mean(values) if values else math.nan
+
+
+def panel_table(panel: Panel, groups: dict[str, list[RunResult]]) -> list[str]:
+    """A row per method: each metric's mean over a run's steps, then mean ± std over the method's seeds."""
+    keys = list(panel.metrics)
+    rows = ["| method | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    return rows + [f"| {method} | " + " | ".join(_mean_std([_run_mean(r, k) for r in runs]) for k in keys) + " |"
+                   for method, runs in groups.items()]
+
+
+def panel_tables(results: list[RunResult]) -> list[tuple[Panel, list[str]]]:
+    """Each panel of the estimators that ran, with its table over the methods of that estimator that logged
+    the panel's metrics."""
+    tables = []
+    for name, methods in estimators_used(r.method for r in results).items():
+        groups = _by_method(results, lambda r, methods=methods: r.method in methods)
+        for panel in ESTIMATORS[name].panels:
+            logged = {m: runs for m, runs in groups.items()
+                      if any(k in c for r in runs for c in r.curves for k in panel.metrics)}
+            if logged:
+                tables.append((panel, panel_table(panel, logged)))
+    return tables
+
+
+def panel_section(panel: Panel, table: list[str]) -> list[str]:
+    legend = "; ".join(f"`{key}`: {meaning}" for key, meaning in panel.metrics.items())
+    return [f"## {panel.title} during training", "", *table, "",
+            f"Logged at every step; each cell is the mean over a run's steps, then mean ± std over seeds. {legend}.",
+            ""]
+
+
+def posterior_text(results: list[RunResult]) -> str:
+    """Which of the methods that ran train the posterior retriever (their estimator's ``trains``)."""
+    known = all_methods()
+    training = [m for m in _methods_run(results) if "posterior" in ESTIMATORS[known[m].estimator].trains]
+    if not training:
+        return "None of these methods trains the posterior."
+    return f"The posterior trains in {', '.join(training)}; the other rows keep it as loaded."
 
 
 def significance_rows(results: list[RunResult], reference: str) -> list[str]:
@@ -302,15 +363,24 @@ def _smooth(values: list[float], width: int = 10) -> list[float]:
     return [statistics.mean(values[max(0, i - width + 1): i + 1]) for i in range(len(values))]
 
 
+# (file name, metric, title, log scale): what the training loop logs for every estimator
+LOOP_PLOTS = (("learning_curves", "loss", "training loss, each method's own objective (smoothed)", False),
+              ("posterior_grad_norm", "grad_norm/posterior", "posterior retriever gradient norm", True),
+              ("prior_grad_norm", "grad_norm/prior", "prior retriever gradient norm", True))
+
+
+def estimator_plots(methods: Iterable[str]) -> list[tuple[str, str, str, bool]]:
+    """The plots of the metrics that the estimators of ``methods`` name in their panels' ``compared``."""
+    plots = {key: (key, key, f"{panel.title}: {panel.metrics[key]} (smoothed)", False)
+             for name in estimators_used(methods) for panel in ESTIMATORS[name].panels for key in panel.compared}
+    return list(plots.values())
+
+
 def write_plots(results: list[RunResult], plots_dir: Path, seed: int) -> list[Path]:
     plots_dir.mkdir(parents=True, exist_ok=True)
     runs = [r for r in results if r.seed == seed and r.curves]
-    panels = [("learning_curves", "loss", "training loss, each method's own objective (smoothed)", False),
-              ("posterior_grad_norm", "grad_norm/posterior", "posterior retriever gradient norm", True),
-              ("prior_grad_norm", "grad_norm/prior", "prior retriever gradient norm", True),
-              ("acceptance_rate", "accept_rate", "JSA acceptance rate (smoothed)", False)]
     written = []
-    for name, key, title, log_scale in panels:
+    for name, key, title, log_scale in [*LOOP_PLOTS, *estimator_plots(r.method for r in runs)]:
         curves = []
         for r in runs:
             points = [(c["step"], c[key]) for c in r.curves if c.get(key) is not None]
@@ -324,10 +394,9 @@ def write_plots(results: list[RunResult], plots_dir: Path, seed: int) -> list[Pa
 
 
 def write_report(path: Path, *, name: str, command: str, settings: str, results: list[RunResult],
-                 variance_rows: list[str], plots: list[Path], notes: str = "",
+                 variance_rows: list[str], plots: list[Path], reference: str, notes: str = "",
                  signal_table: list[str] | None = None) -> None:
-    sampler = sampler_table(results)
-    lines = [f"# {name}: JSA-RAG against RAG and VRAG", "",
+    lines = [f"# {name}: end-to-end estimators compared", "",
              "Produced by the command below; no number here was edited by hand.", "",
              "```bash", command, "```", "", "## Settings", "", settings, "",
              "## Results (held-out split; mean ± standard deviation over seeds)", "",
@@ -344,17 +413,12 @@ def write_report(path: Path, *, name: str, command: str, settings: str, results:
              "points, its 95% bootstrap interval over questions, and the number of seeds in which the "
              "reference method was ahead. A difference is called beyond noise when the interval excludes 0 "
              "and the sign is the same in every seed.", "",
-             *significance_rows(results, "jsa_sum"), "",
+             *significance_rows(results, reference), "",
              "## Retrievers after training (Recall@k against the gold passages)", "",
              *retriever_table(results), "",
              "The prior reads the question (this is what the model uses at inference); the posterior reads "
-             "question [SEP] gold answer, as in training. Only VRAG and JSA train the posterior.", "",
-             *(["## JSA's sampler during training", "", *sampler, "",
-                "Per question and step, averaged over training: the share of the m proposals accepted, the "
-                "distinct passages the chain visited (these get generator gradients), the distinct passages "
-                "proposed (scored once without gradient), and the candidate set the posterior and prior are "
-                "normalised over (`union`: the prior's top K with the posterior's top K).", ""]
-               if sampler else []),
+             f"question [SEP] gold answer, as in training. {posterior_text(results)}", "",
+             *(line for panel, table in panel_tables(results) for line in panel_section(panel, table)),
              *([ "## Learning signal: does the generator's likelihood point at the gold passage?", "",
                  *signal_table, "",
                  "On training questions with a gold passage; candidates: the prior's top K plus the gold passage. "

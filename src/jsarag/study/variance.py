@@ -3,8 +3,8 @@
 At fixed parameters and one fixed mini-batch, redraw an estimator's randomness N times and report,
 per component (prior, posterior, generator), log of the summed per-parameter variance of the
 gradient:  log sum_j Var_n[g_j].  Dropout is off (eval mode) so that only the estimator's own
-sampling varies. RAG-Sequence, RAG-Token and exact VRAG are deterministic given the batch: their
-variance is zero by construction and is reported as such, not estimated.
+sampling varies. An estimator that says it is deterministic (``Estimator.deterministic``: RAG-Sequence,
+RAG-Token, exact VRAG) has zero variance by construction, reported as such, not estimated.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from jsarag.config import load_config
 from jsarag.data import Batch
 from jsarag.estimators import build_estimator
 from jsarag.pipeline import load_run
-from jsarag.study.methods import DETERMINISTIC, METHODS
+from jsarag.study.methods import all_methods
 from jsarag.train import distributed as dist
 
 PARTS = ("prior", "posterior", "generator")
@@ -61,12 +61,13 @@ def gradient_variance(config: str | Path, overrides: list[str], methods: list[st
     model = run.model
     model.eval()
     results: dict[str, dict] = {}
+    known = all_methods()
     for method in methods:
-        if method in DETERMINISTIC:
+        cfg = load_config(config, overrides + known[method].overrides())
+        estimator = build_estimator(cfg.estimator)
+        if estimator.deterministic:
             results[method] = {part: "deterministic" for part in PARTS}
             continue
-        cfg = load_config(config, overrides + METHODS[method])
-        estimator = build_estimator(cfg.estimator)
         model.set_trainable(set(estimator.trains) & set(PARTS))
         stats = {part: RunningVariance() for part in PARTS}
         for n in tqdm(range(draws), desc=f"variance {method}", disable=not progress):

@@ -192,6 +192,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, env: dist.DistEnv, held: co
     logger.log(start, {"run": header})  # one per start: a resumed run may run on other hardware
     _note(env, f"precision {precision} (train.precision {tc.precision}; {header['device']}, {header['cpu']})")
     refresh = cfg.retriever.train_passage_encoder and cfg.index.refresh_every > 0
+    shown = ["loss", *(key for panel in estimator.panels for key in panel.compared)]  # on the progress bar
     # The main process evaluates; over a sharded index every process searches with it (the same questions).
     evaluates = env.is_main or index.sharded
 
@@ -246,7 +247,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, env: dist.DistEnv, held: co
             record["peak_memory_mib"] = dist.peak_memory_mib(env)
         if done % tc.log_every == 0 or done == tc.steps or not finite:
             logger.log(done, record)
-        bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "accept_rate") if k in record})
+        bar.set_postfix({k: f"{record[k]:.3g}" for k in shown if k in record})
         if skipped >= tc.max_nonfinite_steps:
             raise TrainingDivergedError(
                 f"training stopped at step {done}: {skipped} steps in a row had a non-finite loss or gradient "
