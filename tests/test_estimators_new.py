@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import make_model, tiny_examples
+from helpers import hand_token_logprobs, make_model, tiny_examples
 
 import jsarag.estimators.stochastic_rag as srag
 from jsarag.data import Batch
@@ -69,14 +69,9 @@ def loss_and_grads(model, compute) -> tuple[float, dict[str, torch.Tensor]]:
 
 
 def hand_logprob(generator, query: str, kind: str, passages, answer: str) -> tuple[torch.Tensor, int]:
-    """log p_g(y | x, passages read together) summed over answer tokens, and the number of tokens:
-    one forward pass of the language model over the prompt followed by the answer, no padding."""
-    prompt = generator.prompts.prompt_ids(query, kind, list(passages))
-    target = generator.prompts.answer_ids(answer)
-    logits = generator.model(input_ids=torch.tensor([prompt + target])).logits[0].double()
-    predicted = logits[len(prompt) - 1: len(prompt) - 1 + len(target)]      # position P-1+t predicts token t
-    logp = torch.log_softmax(predicted, -1).gather(-1, torch.tensor(target)[:, None]).squeeze(-1)
-    return logp.sum(), len(target)
+    """log p_g(y | x, passages read together) summed over answer tokens, and the number of tokens."""
+    token_logprobs = hand_token_logprobs(generator, query, kind, passages, answer)
+    return token_logprobs.sum(), len(token_logprobs)
 
 
 class Hand:
