@@ -64,3 +64,15 @@ def tiny_examples():
         Example("e2", "Who invented alternating current systems?", ("Nikola Tesla",), ("p3",), "question"),
         Example("e3", "What is the capital of France?", ("Paris",), ("p0",), "question"),
     ]
+
+
+def hand_token_logprobs(generator, query: str, kind: str, passages, answer: str):
+    """log p(y_t | x, passages read together, y_<t) for each answer token, float64 [L]: one forward pass of
+    the language model over the prompt followed by the answer, unpadded (independent of the batched scoring)."""
+    import torch
+
+    prompt = generator.prompts.prompt_ids(query, kind, list(passages))
+    target = generator.prompts.answer_ids(answer)
+    logits = generator.model(input_ids=torch.tensor([prompt + target])).logits[0].double()
+    predicted = logits[len(prompt) - 1: len(prompt) - 1 + len(target)]  # position P-1+t predicts token t
+    return torch.log_softmax(predicted, -1).gather(-1, torch.tensor(target)[:, None]).squeeze(-1)

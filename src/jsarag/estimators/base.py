@@ -12,7 +12,15 @@ dataclass of its section ``estimator.<name>``), ``methods`` (the option settings
 ``panels`` (the metrics it logs, for plots and reports) and ``deterministic`` (whether its gradient is a
 function of the parameters and the batch alone, given its options).
 
-Notation: B examples, K candidates, M proposals; rows are corpus row numbers.
+Notation: B examples, K candidates, M proposals; rows are corpus row numbers; SG = stop-gradient.
+
+Shared by the distillation-style estimators (EMDR2, PDist, LOOP, LSR): the KL to the retriever
+(``kl_categorical``, ``distillation_kl``) and "the generator's own loss" (``generator_nll``), one option
+``generator_loss`` in each of their sections:
+
+    concat            -log p_g(y | x, h_1 .. h_K read together in one prompt)   (1 pass, prompt K passages long)
+    per_passage_mean  (1/K) sum_k -log p_g(y | x, h_k)                          (the K passes the estimator
+                                                                                 already runs, with gradient)
 
 Each estimator runs its numbered steps inside ``torch.profiler.record_function`` ranges named
 "ESTIMATOR/STEP" (e.g. "jsa/chain"): a profiler, if one runs, reports time per step (benchmarks/profile_jsa.py);
@@ -24,12 +32,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import ClassVar, Literal, Protocol
 
 import torch
 
 from jsarag.data import Batch
 
+GeneratorLoss = Literal["concat", "per_passage_mean"]
 MethodOptions = Mapping[str, str | int | float | bool]  # option -> value, as an override would set it
 
 
@@ -161,3 +170,57 @@ def score_selected(model, batch: Batch, rows: torch.Tensor, selected: torch.Tens
     out = torch.zeros(selected.shape, device=values.device, dtype=values.dtype)
     return out.index_put((b_idx.to(values.device), k_idx.to(values.device)), values)
 
+
+def score_picks(model, batch: Batch, rows: torch.Tensor, picks: torch.Tensor, reduction: str) -> torch.Tensor:
+    """log p_g(y | x, h) for every picked candidate, duplicates included: [B, M] indices -> [B, M]."""
+    B, M = picks.shape
+    chosen = rows.gather(1, picks).reshape(-1).tolist()
+    corpus = model.retriever.corpus
+    values = model.generator.pair_logprob([q for q in batch.queries for _ in range(M)], batch.kind,
+                                          [corpus[r] for r in chosen], [a for a in batch.answers for _ in range(M)],
+                                          reduction)
+    return values.view(B, M)
+
+
+def kl_categorical(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+    """KL(q || p) = sum_k q_k (log q_k - log p_k), masked entries (-inf in both) ignored: [B, K] -> [B]."""
+    return weighted_sum(log_q.exp(), log_q - log_p.masked_fill(torch.isinf(log_q), 0.0))
+
+
+def distillation_kl(log_target: torch.Tensor, log_retriever: torch.Tensor) -> torch.Tensor:
+    """KL(SG[target] || p_r): the retriever is pulled toward a fixed target, [B, K] x 2 -> [B]."""
+    return kl_categorical(log_target.detach(), log_retriever)
+
+
+def sequence_logprobs(generator, batch: Batch, contexts: list[list], with_grad: bool
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p_g(y | x, context) summed and averaged over answer tokens, from one generator call.
+
+    ``contexts[b][k]`` is a passage or a list of passages read together. Returns ([B, K], [B, K]).
+    """
+    with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
+        token_loglik, answer_mask = generator.token_logprobs(batch.queries, batch.kind, contexts, batch.answers)
+    total = token_loglik.sum(-1)
+    return total, total / answer_mask.sum(-1, keepdim=True).to(total.dtype)
+
+
+def generator_nll(generator, batch: Batch, passages: list[list], how: GeneratorLoss,
+                  seq_loglik: torch.Tensor | None = None) -> torch.Tensor:
+    """The generator's own loss over the top-K ``passages`` [B][K] (see the module docstring): [B].
+
+    ``per_passage_mean`` reads ``seq_loglik`` [B, K] (log p_g(y|x,h_k), summed over tokens, with gradient)
+    when the caller has already computed it, and scores the passages otherwise.
+    """
+    if how == "concat":
+        together = [[list(ps)] for ps in passages]                                      # [B][1] contexts
+        return -generator.sequence_logprob(batch.queries, batch.kind, together, batch.answers)[:, 0]
+    if how == "per_passage_mean":
+        if seq_loglik is None:
+            seq_loglik = generator.sequence_logprob(batch.queries, batch.kind, passages, batch.answers)
+        return -seq_loglik.mean(-1)
+    raise ValueError(f"generator_loss must be 'concat' or 'per_passage_mean', got {how!r}")
+
+
+LOSSES = Panel("losses", "Retriever and generator terms", {
+    "retriever_loss": "the retriever's term (marginal NLL or KL to its target), over the top K",
+    "generator_loss": "the generator's own loss (concat or per-passage mean NLL)"})

@@ -34,6 +34,7 @@ from jsarag.estimators.base import (
     Stateless,
     candidate_union,
     count_states,
+    kl_categorical,
     sample_candidates,
     score_selected,
     weighted_sum,
@@ -51,11 +52,6 @@ class VRAGConfig:
         check_ranges(self, num_samples=at_least(1))
         if self.mode == "sampled" and self.baseline == "leave_one_out" and self.num_samples < 2:
             raise OutOfRange("num_samples", self.num_samples, "at least 2 for the leave-one-out baseline")
-
-
-def kl_categorical(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
-    """KL(q || p) = sum_k q_k (log q_k - log p_k), masked entries (-inf in both) ignored: [B, K] -> [B]."""
-    return weighted_sum(log_q.exp(), log_q - log_p.masked_fill(torch.isinf(log_q), 0.0))
 
 
 def vrag_elbo_exact(log_post: torch.Tensor, log_prior: torch.Tensor, seq_loglik: torch.Tensor

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 ADAPTER_FILE = "adapter_config.json"
 
+# What the generator reads in one prompt: a passage, or several read together (concatenated, in order).
+Context = Passage | Sequence[Passage]
+
 
 def _pad_right(seqs: Sequence[Sequence[int]], length: int, value: int) -> torch.Tensor:
     return torch.tensor([list(s) + [value] * (length - len(s)) for s in seqs], dtype=torch.long)
@@ -100,13 +103,14 @@ class Generator(nn.Module):
         return next(self.model.parameters()).device
 
     # ---- scoring ------------------------------------------------------------------------------
-    def _pairs(self, queries: Sequence[str], kind: str, passages: Sequence[Sequence[Passage]],
+    def _pairs(self, queries: Sequence[str], kind: str, passages: Sequence[Sequence[Context]],
                answers: Sequence[str]) -> tuple[list[list[int]], list[list[int]]]:
         prompts, targets = [], []
         for query, cands, answer in zip(queries, passages, answers):
             answer_ids = self.prompts.answer_ids(answer)
-            for passage in cands:
-                prompts.append(self.prompts.prompt_ids(query, kind, [passage]))
+            for context in cands:
+                together = [context] if isinstance(context, Passage) else list(context)
+                prompts.append(self.prompts.prompt_ids(query, kind, together))
                 targets.append(answer_ids)
         return prompts, targets
 
@@ -135,9 +139,11 @@ class Generator(nn.Module):
         mask = _pad_right([[1] * len(t) for t in targets], length, 0).to(device)
         return gather_logprobs(logits, labels) * mask
 
-    def token_logprobs(self, queries: Sequence[str], kind: str, passages: Sequence[Sequence[Passage]],
+    def token_logprobs(self, queries: Sequence[str], kind: str, passages: Sequence[Sequence[Context]],
                        answers: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token log p(y_t | x, h, y_<t) for each example and each of its passages.
+
+        A "passage" may also be a sequence of passages, read together in one prompt (concatenated).
 
         Returns ([B, K, L] log-probs, zero where padded; [B, L] answer mask). Gradient flows unless the
         caller disables it. Every example must have the same number K of passages.
@@ -157,7 +163,7 @@ class Generator(nn.Module):
         answer_mask = _pad_right([[1] * len(self.prompts.answer_ids(a)) for a in answers], length, 0)
         return logprobs, answer_mask.to(logprobs.device).bool()
 
-    def sequence_logprob(self, queries: Sequence[str], kind: str, passages: Sequence[Sequence[Passage]],
+    def sequence_logprob(self, queries: Sequence[str], kind: str, passages: Sequence[Sequence[Context]],
                          answers: Sequence[str], reduction: str = "sum") -> torch.Tensor:
         """log p_g(y | x, h) for B examples x K passages: [B, K], summed or averaged over answer tokens."""
         logprobs, mask = self.token_logprobs(queries, kind, passages, answers)
