@@ -39,6 +39,23 @@ def batch():
 
 
 # ---- retriever ---------------------------------------------------------------------------------
+def test_search_each_is_one_index_search_with_the_rows_of_separate_searches(model, batch, monkeypatch):
+    retriever = model.retriever
+    with torch.no_grad():
+        prior = retriever.prior_vectors(batch.queries)                     # [3, d]
+        post = retriever.posterior_vectors(batch.queries, batch.answers)   # [3, d]
+    separate = [retriever.search(prior, 4), retriever.search(post[:2], 4)]
+    index = retriever.index
+    calls = []
+    real = index.search
+    monkeypatch.setattr(index, "search", lambda q, k: calls.append(len(q)) or real(q, k))
+    together = retriever.search_each([prior, post[:2]], 4)
+    assert calls == [5]  # the prior's 3 and the posterior's 2 queries in one call
+    assert [t.shape for t in together] == [(3, 4), (2, 4)]
+    for a, b in zip(together, separate):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_log_prior_is_a_normalised_distribution_with_gradient_into_the_query_encoder(model, batch):
     retriever = model.retriever
     rows = torch.tensor([[0, 1, 2], [3, 4, 5], [6, 7, 0]])

@@ -223,9 +223,8 @@ class JSA:
         with record_function("jsa/candidates"):
             prior_query = retriever.prior_vectors(batch.queries)                           # [B, d]
             post_query = retriever.posterior_vectors(batch.queries, batch.answers)         # [B, d]
-            row_sets = [retriever.search(post_query, self.top_k)]
-            if cfg.candidates == "union":
-                row_sets.insert(0, retriever.search(prior_query, self.top_k))
+            searched = [prior_query, post_query] if cfg.candidates == "union" else [post_query]
+            row_sets = retriever.search_each(searched, self.top_k)                         # [B, K] each
             cached = self._cached_rows(batch, retriever.corpus, prior_query.device)
             if cached is not None:
                 row_sets.append(cached)

@@ -99,9 +99,8 @@ class VRAG(Stateless):
             # 1. Candidate set: the posterior's top K (or its union with the prior's top K).
             prior_query = retriever.prior_vectors(batch.queries)                          # [B, d]
             post_query = retriever.posterior_vectors(batch.queries, batch.answers)        # [B, d]
-            row_sets = [retriever.search(post_query, self.top_k)]
-            if self.cfg.candidates == "union":
-                row_sets.append(retriever.search(prior_query, self.top_k))
+            searched = [post_query, prior_query] if self.cfg.candidates == "union" else [post_query]
+            row_sets = retriever.search_each(searched, self.top_k)                        # [B, K] each
             rows, mask = candidate_union(row_sets)                                        # [B, K']
             # 2. q and p_r renormalised over the candidates, and the exact KL between them.
             log_post = retriever.log_probs(post_query, rows, mask)                        # [B, K']
