@@ -81,7 +81,7 @@ def test_quickstart_yaml_types():
     assert cfg.optim.warmup_steps == 3
     assert type(cfg.retriever.temperature) is float and cfg.retriever.temperature == pytest.approx(0.1)
     assert cfg.generator.lora == LoraConfig(enabled=True, r=8, alpha=16)
-    assert cfg.estimator.name == "jsa" and cfg.estimator.top_k == 4
+    assert cfg.estimator.name == "jsa" and cfg.estimator.top_k == 3
     assert cfg.estimator.jsa == JSAConfig(num_proposals=20, reduction="sum", chain_cache=False,
                                           candidates="union")
     assert cfg.optim.betas == (0.9, 0.95) and isinstance(cfg.optim.betas, tuple)
