@@ -199,25 +199,29 @@ def tiny_encoder():
     return build_retriever(load_config(TINY)).passage
 
 
-def random_index(corpus, out: Path, seed: int) -> float:
-    """A Flat index over ``corpus`` of random unit vectors in a vector store stamped with the tiny encoder's
-    identity and the corpus fingerprint, saved in ``out`` (the store in ``out/vectors``); seconds taken."""
+def random_index(corpus, out: Path, seed: int, kind: str = "Flat") -> float:
+    """An index of ``kind`` (sized by ``choose_index``: ``Flat``, ``auto``...) over ``corpus`` of random unit
+    vectors in a vector store stamped with the tiny encoder's identity and the corpus fingerprint, saved in
+    ``out`` (the store in ``out/vectors``); seconds taken."""
     from jsarag.index import PassageIndex
+    from jsarag.index.build import choose_index
     from jsarag.index.faiss_index import VECTORS_DIR
 
     began = time.perf_counter()
     encoder = tiny_encoder()
     store = write_random_store(out / VECTORS_DIR, len(corpus), encoder.dim, corpus_hash=corpus.fingerprint(),
                                encoder=encoder.identity(), seed=seed)
-    PassageIndex.from_store(store, "Flat", corpus_source=corpus.source, progress=False).save(out)
+    choice = choose_index(kind, len(corpus), encoder.dim)
+    PassageIndex.from_store(store, choice.factory, search_params=choice.search_params, rerank=choice.rerank,
+                            train_size=choice.train_size, corpus_source=corpus.source, progress=False).save(out)
     return time.perf_counter() - began
 
 
-def random_index_for(corpus, out: Path, seed: int) -> Path:
+def random_index_for(corpus, out: Path, seed: int, kind: str = "Flat") -> Path:
     """``random_index`` into ``out`` unless ``out`` already holds one for this corpus."""
     meta = out / "meta.json"
     if not (meta.is_file() and json.loads(meta.read_text())["corpus_hash"] == corpus.fingerprint()):
-        random_index(corpus, out, seed)
+        random_index(corpus, out, seed, kind)
     return out
 
 
@@ -505,8 +509,8 @@ def measure_sharded(folder: Path, work: Path, env: dict, seed: int, world: int =
 
 
 # ---- 6. training steps against the corpus size --------------------------------------------------
-def train_data(n: int, work: Path, seed: int) -> tuple[Path, Path]:
-    """(corpus.jsonl, random Flat index folder) of ``n`` passages: squad_mini's first, synthetic after."""
+def train_data(n: int, work: Path, seed: int, kind: str = "Flat") -> tuple[Path, Path]:
+    """(corpus.jsonl, random index folder of ``kind``) of ``n`` passages: squad_mini's first, synthetic after."""
     from jsarag.data import open_corpus
 
     corpus = work / f"train_corpus_{n}.jsonl"
@@ -515,7 +519,8 @@ def train_data(n: int, work: Path, seed: int) -> tuple[Path, Path]:
         synthesize_jsonl(corpus, n, seed, head=SQUAD_MINI)
     # Converted into $JSARAG_CACHE now, where `jsarag train` finds it: the runs only open the store.
     opened = open_corpus(corpus, progress=False)
-    return corpus, random_index_for(opened, work / f"train_index_{n}", seed)
+    suffix = "" if kind == "Flat" else f"_{kind}"
+    return corpus, random_index_for(opened, work / f"train_index_{n}{suffix}", seed, kind)
 
 
 def train_run(n: int, corpus: Path, index: Path, steps: int, work: Path, env: dict) -> dict:
@@ -533,26 +538,26 @@ def train_run(n: int, corpus: Path, index: Path, steps: int, work: Path, env: di
 
 
 def search_ms(indexes: dict[int, Path], seed: int, repeats: int = 30) -> dict[int, float]:
-    """Median milliseconds of the Flat searches a JSA step makes (prior and posterior queries, [4, d] each,
-    top 3), timed alternately on each index in this process."""
+    """Median milliseconds of the search a JSA step makes (prior and posterior queries, [8, d] in one
+    call, top 3), timed alternately on each index in this process."""
     from jsarag.index import PassageIndex
 
     loaded = {n: PassageIndex.load(path) for n, path in indexes.items()}
     dim = next(iter(loaded.values())).meta.dim
-    queries = np.random.default_rng(seed).standard_normal((repeats, 2, 4, dim), dtype=np.float32)
+    queries = np.random.default_rng(seed).standard_normal((repeats, 8, dim), dtype=np.float32)
     times: dict[int, list[float]] = {n: [] for n in loaded}
     for q in queries:
         for n, index in loaded.items():
             began = time.perf_counter()
-            for half in q:
-                index.search(half, 3)
+            index.search(q, 3)
             times[n].append((time.perf_counter() - began) * 1e3)
     return {n: median(t) for n, t in times.items()}
 
 
 def measure_train(sizes: tuple[int, int], rounds: int, steps: int, work: Path, env: dict, seed: int) -> dict:
     small, large = sizes
-    data = {n: train_data(n, work, seed) for n in sizes}
+    data = {n: train_data(n, work, seed, "auto") for n in sizes}  # the kind `index.factory: auto` picks
+    kinds = {n: json.loads((data[n][1] / "meta.json").read_text())["factory"] for n in sizes}
     runs: dict[int, list[dict]] = {n: [] for n in sizes}
     for r in range(rounds):  # ABBA...: drift in the machine's load hits both sizes alike
         for n in (sizes if r % 2 == 0 else sizes[::-1]):
@@ -566,13 +571,16 @@ def measure_train(sizes: tuple[int, int], rounds: int, steps: int, work: Path, e
     index_growth = (large - small) * dim * 4 / 2**20
     ratio = step_s[large] / step_s[small]
     say(f"training ({steps} JSA steps, {rounds} runs a size): median step {step_s[small]:.3f} s at {small:,} "
-        f"passages, {step_s[large]:.3f} s at {large:,} (ratio {ratio:.3f}); Flat searches of a step "
-        f"{searched[small]:.1f} ms vs {searched[large]:.1f} ms; peak RSS {rss[small]:,.0f} vs {rss[large]:,.0f} MiB "
-        f"(+{rss[large] - rss[small]:,.0f}; the Flat index alone grows {index_growth:,.0f} MiB)")
+        f"passages ({kinds[small]}), {step_s[large]:.3f} s at {large:,} ({kinds[large]}; ratio {ratio:.3f}); the "
+        f"search of a step {searched[small]:.1f} ms vs {searched[large]:.1f} ms; peak RSS {rss[small]:,.0f} vs "
+        f"{rss[large]:,.0f} MiB (+{rss[large] - rss[small]:,.0f}; the vectors alone grow {index_growth:,.0f} MiB)")
     return {"train_step_seconds_10k": step_s[small], "train_step_seconds_1m": step_s[large],
             "train_step_ratio_1m_over_10k": ratio, "train_peak_rss_mib_10k": rss[small],
             "train_peak_rss_mib_1m": rss[large], "index_mib_1m_minus_10k": index_growth,
             "train": {"passages": list(sizes), "steps": steps, "rounds": rounds,
+                      "index": {str(n): kinds[n] for n in sizes},
+                      "index_faiss_mib": {str(n): (data[n][1] / "index.faiss").stat().st_size / 2**20
+                                          for n in sizes},
                       "search_ms": {str(n): searched[n] for n in sizes},
                       "round_ratios": [median(b["step_seconds"]) / median(a["step_seconds"])
                                        for a, b in zip(runs[small], runs[large])],

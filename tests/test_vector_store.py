@@ -78,7 +78,8 @@ def test_an_unfinished_store_does_not_open_and_resumes_only_with_the_same_work(t
 
 def test_index_sizes_chosen_from_the_corpus_size():
     assert choose_index("auto", 10_000, 384).factory == "Flat"
-    assert choose_index("auto", 1_000_000, 384).factory == "Flat"
+    assert choose_index("auto", 250_000, 384).factory == "Flat"
+    assert choose_index("auto", 250_001, 384).factory == "HNSW32"
     assert choose_index("auto", 3_000_000, 384) == choose_index("HNSW", 3_000_000, 384)
     assert choose_index("HNSW", 3_000_000, 384).search_params == "efSearch=128"
     # DPR Wikipedia with MiniLM: 4 sqrt(21M) = 18,337 -> 2^14 lists, 2,048 probes, 96 bytes each.

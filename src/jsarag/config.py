@@ -98,7 +98,7 @@ class GeneratorConfig:
 @dataclass
 class IndexConfig:
     """How passages are indexed (see docs/scale.md): vectors in float16 shards on disk, a FAISS index
-    built from them. ``factory``: ``auto`` (Flat up to 1M passages, HNSW up to 5M, IVF-PQ above, each
+    built from them. ``factory``: ``auto`` (Flat up to 250,000 passages, HNSW up to 5M, IVF-PQ above, each
     sized from the corpus), ``Flat``, ``HNSW``, ``IVFPQ``, or any FAISS factory string."""
     path: str | None = None  # a folder built by `jsarag index build`; None: build into the run folder
     factory: str = "auto"
