@@ -49,7 +49,7 @@ def sections(folder: Path) -> list[tuple[Callable[[dict], str], dict | None]]:
             (eval_throughput.report, one("eval_throughput")),
             (profile_jsa.report, one("profile_jsa")),
             (step_cost.report_scoring, runs("step_cost_scoring.json", "step_cost_scoring_seed*.json")),
-            (scale.report, merged("scale", "scale_index"))]
+            (scale.report, merged("scale", "scale_index", "scale_train"))]
 
 
 def render(folder: Path) -> str:

@@ -28,11 +28,13 @@ Each part runs the library's own code, memory being measured in fresh processes 
    queries each at k=10: ``sharded_topk_identical`` is whether their rows equal the whole index's.
 6. ``train``: ``jsarag train configs/tiny.yaml`` (JSA, 20 steps) over squad_mini's 185 passages followed by
    synthetic ones up to 10,000 and up to 1M passages (quick: 200k; the ``_1m`` keys hold the larger size,
-   ``train["passages"]`` says which), each with a random Flat index, runs alternating between the sizes:
-   ``train_step_seconds_10k`` / ``_1m`` (median per-step seconds, step 1 excluded), their ratio
+   ``train["passages"]`` says which), each with an index of random vectors of the kind ``index.factory:
+   auto`` picks for its size (``train["index"]``: Flat at 10,000, HNSW32 at 1M), runs alternating between
+   the sizes: ``train_step_seconds_10k`` / ``_1m`` (median per-step seconds, step 1 excluded), their ratio
    ``train_step_ratio_1m_over_10k``, ``train_peak_rss_mib_10k`` / ``_1m`` beside ``index_mib_1m_minus_10k``
-   (the Flat index's own growth), and the Flat searches a step makes, timed alone on both indexes
-   (``train["search_ms"]``); ``train["ratio_of_fastest_runs"]`` is the ratio least disturbed by other jobs.
+   (the float32 vectors' growth) and ``train["index_faiss_mib"]`` (the index files), and the search a step
+   makes, timed alone on both indexes (``train["search_ms"]``); ``train["ratio_of_fastest_runs"]`` is the
+   ratio least disturbed by other jobs.
 
     python benchmarks/scale.py --quick      # ~8 minutes on 2 idle cores, twice that beside a test run
     python benchmarks/scale.py --smoke      # every part at toy sizes (tests/test_benchmarks_smoke.py)
@@ -708,13 +710,16 @@ def report(results: dict) -> str:
                     f"queries each, k={r['k']} | the same top k as the whole index: {x['sharded_topk_identical']} |")
     if "train" in x:
         (small, large), t = x["train"]["passages"], x["train"]
+        kinds = f" ({t['index'][str(small)]} and {t['index'][str(large)]})" if "index" in t else " (Flat)"
+        sized = t.get("index_faiss_mib")
+        files = f" (index files {sized[str(small)]:,.0f} and {sized[str(large)]:,.0f} MiB)" if sized else ""
         rows.append(f"| {t['steps']} JSA training steps (tiny models), {small:,} against {large:,} passages, "
                     f"{t['rounds']} runs each | median step {f(x['train_step_seconds_10k'], 3)} s and "
                     f"{f(x['train_step_seconds_1m'], 3)} s (x{f(x['train_step_ratio_1m_over_10k'])}; target <= 1.10: "
-                    f"{common.verdict(x['train_step_ratio_1m_over_10k'], '<= 1.10')}); the Flat searches of a step "
-                    f"{f(t['search_ms'][str(small)], 1)} and {f(t['search_ms'][str(large)], 1)} ms; peak RSS "
-                    f"+{x['train_peak_rss_mib_1m'] - x['train_peak_rss_mib_10k']:,.0f} MiB for "
-                    f"+{x['index_mib_1m_minus_10k']:,.0f} MiB of index |")
+                    f"{common.verdict(x['train_step_ratio_1m_over_10k'], '<= 1.10')}); the search of a step "
+                    f"{f(t['search_ms'][str(small)], 1)} and {f(t['search_ms'][str(large)], 1)} ms"
+                    f"{kinds}; peak RSS +{x['train_peak_rss_mib_1m'] - x['train_peak_rss_mib_10k']:,.0f} MiB for "
+                    f"+{x['index_mib_1m_minus_10k']:,.0f} MiB of float32 vectors{files} |")
     if rows:
         lines += ["", "| index and training | measured |", "|---|---|"] + rows
     return "\n".join(lines)
