@@ -209,6 +209,36 @@ def test_a_checkpoint_without_a_manifest_loads_unverified(run, new_process):
     assert load_training_state(step(run, 2), optimizer=optimizer, scheduler=scheduler, estimator=NoState())[0] == 2
 
 
+def test_an_fp16_loss_scale_resumes_where_it_was(tmp_path):
+    """fp16's GradScaler state (scale, growth tracker) is saved and restored: a resumed fp16 run does not
+    restart from the initial scale of 65536 and overflow again. Other precisions save no scaler state. (An
+    enabled scaler on a CPU, only to test it: the loop refuses fp16 on a CPU.)"""
+    model, optimizer, scheduler = stand_in_training()
+    cfg = load_config(TINY)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=3)
+    for overflow in (True, False, False):  # 1024 -> 512 after the overflow, then two good steps of the three
+        optimizer.zero_grad()
+        scale = torch.tensor([1.0] * 63 + [float("inf") if overflow else 1.0])
+        scaler.scale((model.linear(torch.ones(2, 64)) * scale).sum()).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    assert scaler.get_scale() == 512.0 and scaler._get_growth_tracker() == 2
+    save_checkpoint(tmp_path / "fp16", 3, model=model, optimizer=optimizer, scheduler=scheduler,
+                    estimator=NoState(), cfg=cfg, rng_states=[None], scaler=scaler)
+    save_checkpoint(tmp_path / "fp32", 3, model=model, optimizer=optimizer, scheduler=scheduler,
+                    estimator=NoState(), cfg=cfg, rng_states=[None], scaler=torch.amp.GradScaler("cpu", enabled=False))
+    assert "scaler" not in torch.load(step(tmp_path / "fp32", 3) / "state.pt", weights_only=False)
+
+    resumed = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=3)
+    load_training_state(step(tmp_path / "fp16", 3), optimizer=optimizer, scheduler=scheduler, estimator=NoState(),
+                        scaler=resumed)
+    assert resumed.get_scale() == 512.0 and resumed._get_growth_tracker() == 2
+    fresh = torch.amp.GradScaler("cpu", init_scale=1024.0)  # fp16 resumed from a checkpoint of another precision
+    load_training_state(step(tmp_path / "fp32", 3), optimizer=optimizer, scheduler=scheduler, estimator=NoState(),
+                        scaler=fresh)
+    assert fresh.get_scale() == 1024.0
+
+
 def test_choosing_then_loading_a_checkpoint_hashes_each_file_once(run, new_process, monkeypatch):
     hashed = []
     real = checkpoint._sha256

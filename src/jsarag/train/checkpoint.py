@@ -4,7 +4,8 @@
         retriever/{prior,posterior,passage}/   Hugging Face + sentence-transformers folders
         generator/                             full weights, or the LoRA adapter (peft)
         optimizer.pt  scheduler.pt             AdamW moments, schedule position
-        state.pt                               estimator state (JSA chain cache), RNG states per rank
+        state.pt                               estimator state (JSA chain cache), RNG states per rank,
+                                               fp16 loss scale (GradScaler)
         trainer_state.json                     step (= batches consumed: the data position)
         config.yaml                            the resolved run config
         index/                                 only when the passage encoder trains
@@ -54,7 +55,8 @@ def _name(step: int) -> str:
 
 
 def save_checkpoint(run_dir: Path, step: int, *, model, optimizer, scheduler, estimator, cfg: Config,
-                    rng_states: list, index=None, keep: int = 2) -> Path:
+                    rng_states: list, index=None, keep: int = 2,
+                    scaler: torch.amp.GradScaler | None = None) -> Path:
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{_name(step)}.", dir=root))
@@ -62,7 +64,10 @@ def save_checkpoint(run_dir: Path, step: int, *, model, optimizer, scheduler, es
         model.save_pretrained(tmp)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save({"estimator": estimator.state_dict(), "rng": rng_states}, tmp / "state.pt")
+        state = {"estimator": estimator.state_dict(), "rng": rng_states}
+        if scaler is not None and scaler.is_enabled():  # fp16: the loss scale and its growth tracker
+            state["scaler"] = scaler.state_dict()
+        torch.save(state, tmp / "state.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
         save_config(cfg, tmp / "config.yaml")
         if index is not None:
@@ -231,11 +236,16 @@ def checkpoint_step(path: Path) -> int:
     return json.loads((Path(path) / "trainer_state.json").read_text())["step"]
 
 
-def load_training_state(path: Path, *, optimizer, scheduler, estimator) -> tuple[int, list]:
-    """Restore optimiser, schedule and estimator state; return (step, per-rank RNG states)."""
+def load_training_state(path: Path, *, optimizer, scheduler, estimator,
+                        scaler: torch.amp.GradScaler | None = None) -> tuple[int, list]:
+    """Restore optimiser, schedule, estimator state and, for an fp16 run, the loss scale; return (step,
+    per-rank RNG states). An fp16 run resumed from a checkpoint saved in another precision starts from the
+    scaler's initial scale."""
     path = check_intact(path)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     state = torch.load(path / "state.pt", weights_only=False)
     estimator.load_state_dict(state["estimator"])
+    if scaler is not None and scaler.is_enabled() and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     return checkpoint_step(path), state["rng"]

@@ -184,7 +184,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, env: dist.DistEnv, held: co
     start = 0
     if checkpoint is not None:
         start, rng_states = load_training_state(checkpoint, optimizer=optimizer, scheduler=scheduler,
-                                                estimator=estimator)
+                                                estimator=estimator, scaler=scaler)
         dist.set_rng_state(rng_states[env.rank])
     schedule = BatchSchedule(len(train_set), tc.batch_size, tc.seed)
     logger = RunLogger(run_dir, enabled=env.is_main, tensorboard=tc.tensorboard, resume_step=start)
@@ -264,6 +264,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, env: dist.DistEnv, held: co
             if env.is_main:
                 final = save_checkpoint(run_dir, done, model=model, optimizer=optimizer, scheduler=scheduler,
                                         estimator=estimator, cfg=cfg, rng_states=rng_states, keep=tc.keep_checkpoints,
+                                        scaler=scaler,
                                         index=index if cfg.retriever.train_passage_encoder else None)
             dist.barrier(env)
         if dev_set and evaluates and tc.eval_every and done % tc.eval_every == 0 and done < tc.steps:
