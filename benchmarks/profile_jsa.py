@@ -128,6 +128,10 @@ def report(results: dict) -> str:
         lines[-1] += (f" The library's training step under torch.profiler ({d['shape']['rounds']} step(s), "
                       f"{f(d['profiled_step_median_s'])} s a step profiled against {f(d['step_median_s'])} s "
                       "without): phases are the estimator's and the step's `record_function` ranges.")
+        m = d["machine"]
+        loads = [f"{m[key][0]:.1f}" for key in ("load_average_at_start", "load_average_at_end") if key in m]
+        lines[-1] += (f" Machine: {m.get('cpu_model')}, {m.get('torch_threads')} torch threads"
+                      f"{common.precision_note(m)}; 1-minute load average at start / end {' / '.join(loads)}.")
     else:  # results of the script's first version
         lines[-1] += (" Measured by an earlier version of the script, which timed its own copy of the step (it "
                       "scored the proposals with dropout on, unlike the library) by phase; the script now profiles "
