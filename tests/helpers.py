@@ -76,3 +76,20 @@ def hand_token_logprobs(generator, query: str, kind: str, passages, answer: str)
     logits = generator.model(input_ids=torch.tensor([prompt + target])).logits[0].double()
     predicted = logits[len(prompt) - 1: len(prompt) - 1 + len(target)]  # position P-1+t predicts token t
     return torch.log_softmax(predicted, -1).gather(-1, torch.tensor(target)[:, None]).squeeze(-1)
+
+
+def jsarag(*args: object) -> None:
+    """``jsarag ARGS`` in this process (where a test's monkeypatches and registry entries hold), exit code 0."""
+    from jsarag.cli import app
+
+    argv = [str(a) for a in args]
+    code = app(args=argv, standalone_mode=False)
+    assert code in (None, 0), f"`jsarag {' '.join(argv)}` exited with {code}"
+
+
+def jsarag_logged(args: list[str], log: Path) -> None:
+    """``jsarag compare``'s way of starting a command (``study.compare._jsarag``), run in this process."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as f:
+        f.write("$ jsarag " + " ".join(args) + "\n")
+    jsarag(*args)

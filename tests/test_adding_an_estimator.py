@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from helpers import REPO
+from helpers import REPO, jsarag, jsarag_logged
 
 from jsarag.config import Config, load_config, save_config
 from jsarag.configtools import ConfigError, at_least, check_ranges
@@ -117,23 +116,6 @@ def test_the_entry_is_gone_after_the_test(monkeypatch):
 
 
 # ---- the command line -----------------------------------------------------------------------------
-def jsarag(*args: object) -> None:
-    """``jsarag ARGS`` in this process, where the test's registry entry exists (a subprocess would not see it)."""
-    from jsarag.cli import app
-
-    argv = [str(a) for a in args]
-    code = app(args=argv, standalone_mode=False)
-    assert code in (None, 0), f"`jsarag {' '.join(argv)}` exited with {code}"
-
-
-def jsarag_logged(args: list[str], log: Path) -> None:
-    """``jsarag compare``'s way of starting a command (``study.compare._jsarag``), run in this process."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("a") as f:
-        f.write("$ jsarag " + " ".join(args) + "\n")
-    jsarag(*args)
-
-
 @pytest.mark.slow
 def test_compare_trains_evaluates_and_reports_the_new_estimator(reader_only, tmp_path, monkeypatch):
     from jsarag.study import compare

@@ -7,14 +7,16 @@ import statistics
 
 import pytest
 import torch
-from helpers import REPO
+from helpers import REPO, jsarag
 
 from jsarag.study.compare import (
+    SIGNAL_METRICS,
     RunResult,
     paired_bootstrap,
     panel_tables,
     results_table,
     settings_text,
+    signal_section,
     significance_rows,
     step_seconds,
     step_spread,
@@ -95,9 +97,9 @@ def test_settings_name_the_precision_the_runs_resolved_not_the_setting():
     trained.headers = [{"precision": "bf16", "precision_setting": "auto", "device": "cpu",
                         "cpu": "AVX512 kernels, native bf16"}]
     untrained = run("untrained", -1, {"q": 0.0})  # no training log, no header
-    text = settings_text(cfg, config="tiny.yaml", overrides=[], out="runs", results=[untrained, trained])
+    text = settings_text(cfg, config="tiny.yaml", overrides=[], results=[untrained, trained])
     assert "precision bf16 (train.precision auto; CPU AVX512 kernels, native bf16)." in text
-    assert "precision auto." in settings_text(cfg, config="tiny.yaml", overrides=[], out="runs")  # no logs yet
+    assert "precision auto." in settings_text(cfg, config="tiny.yaml", overrides=[])  # no logs yet
 
 
 def test_settings_list_each_methods_estimator_options_as_resolved():
@@ -105,7 +107,7 @@ def test_settings_list_each_methods_estimator_options_as_resolved():
 
     tiny = REPO / "configs" / "tiny.yaml"
     runs = [run(m, 0, {"q": 1.0}) for m in ("untrained", "vrag_sampled", "jsa_mean", "frozen_retriever")]
-    text = settings_text(load_config(tiny), config=tiny, overrides=[], out="runs", results=runs)
+    text = settings_text(load_config(tiny), config=tiny, overrides=[], results=runs)
     assert ("- K = 3; each method's estimator and its options:\n"
             "  - `vrag_sampled`: `vrag`, mode sampled, candidates posterior, num_samples 4, baseline leave_one_out\n"
             "  - `jsa_mean`: `jsa`, num_proposals 8, reduction mean, chain_cache False, candidates union, "
@@ -133,6 +135,18 @@ def test_panel_tables_average_steps_then_seeds_for_the_methods_of_the_panels_est
     assert "| jsa_sum | 0.45 ± 0.21 | 3.00 ± 1.41 | 4.00 ± 0.00 | 6.00 ± 0.00 |" in tables["JSA's sampler"]
     assert "vrag_exact" not in tables["JSA's sampler"] and "rag_sequence" not in "".join(tables.values())
     assert panel_tables([rag]) == []
+
+
+def test_the_learning_signal_table_averages_each_methods_seeds_over_the_runs_that_have_one():
+    runs = [run("untrained", -1, {"q": 0.0}), run("jsa_sum", 0, {"q": 1.0}), run("jsa_sum", 1, {"q": 1.0}),
+            run("rag_sequence", 0, {"q": 1.0})]
+    for r, value in zip(runs[:3], (0.1, 0.2, 0.4)):
+        r.signal = {"examples": 60.0, **dict.fromkeys(SIGNAL_METRICS, value)}
+    text = "\n".join(signal_section(runs))  # rag_sequence's result was collected with --signal-examples 0
+    assert "| untrained | 1 | 10.00 | 10.00 |" in text
+    assert "| jsa_sum | 2 | 30.00 ± 14.14 | 30.00 ± 14.14 |" in text  # 20 and 40: mean 30, sample std 14.14
+    assert "rag_sequence" not in text and "On the first 60 training questions with a gold passage" in text
+    assert "Not among these results" in "\n".join(signal_section(runs[3:]))
 
 
 def test_running_variance_matches_torch():
@@ -172,30 +186,39 @@ def test_variance_command_on_tiny_models(tmp_path):
 
 @pytest.mark.slow
 def test_compare_command_end_to_end_on_tiny_models(tmp_path):
-    """Two methods and the baselines, one seed: runs, report with every section, plots, resumable."""
+    """Two methods and the baselines, one seed: runs, result files, a report with every section, plots. With the
+    run folders gone, the result files alone rebuild the same page, and a rerun trains nothing."""
     import os
+    import shutil
     import subprocess
     import sys
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    study, results = tmp_path / "study", tmp_path / "results"
     args = [sys.executable, "-m", "jsarag", "compare", str(REPO / "configs" / "tiny.yaml"), "--name", "tiny",
-            "--out", str(tmp_path / "study"), "--seeds", "0", "--methods", "rag_sequence,jsa_sum",
-            "--variance-draws", "3", "--signal-examples", "4", "--report-dir", str(tmp_path / "results"),
-            "data.max_eval_examples=4"]
+            "--out", str(study), "--seeds", "0", "--methods", "rag_sequence,jsa_sum", "--variance-draws", "3",
+            "--signal-examples", "4", "--report-dir", str(results), "data.max_eval_examples=4"]
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    report = (tmp_path / "results" / "tiny.md").read_text()
+    report = (results / "tiny.md").read_text()
     for needle in ("| untrained |", "| rag_sequence | 1 |", "| jsa_sum | 1 |", "| frozen_retriever | 1 |",
                    "jsa_sum minus", "0 (deterministic)", "jsarag compare", "![learning_curves]",
-                   "## Learning signal", "| untrained | ", "## JSA's sampler during training", "- K = ", "steps of"):
+                   "## Learning signal", "| untrained | 1 | ", "## JSA's sampler during training", "- K = ", "steps of",
+                   "result file in `tiny/runs/`"):
         assert needle in report, needle
-    assert (tmp_path / "results" / "tiny" / "accept_rate.png").is_file()  # JSA's panel names it for comparison
-    # A second call finds every run finished and only rewrites the report.
-    again = subprocess.run(args[:-7] + ["--variance-draws", "0", "--signal-examples", "0", "--report-dir",
-                                        str(tmp_path / "results"), "data.max_eval_examples=4"],
-                           env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert (tmp_path / "study" / "study.log").read_text().count("$ jsarag train") == 3  # none rerun
+    assert (results / "tiny" / "accept_rate.png").is_file()  # JSA's panel names it for comparison
+    runs = results / "tiny" / "runs"
+    assert sorted(p.relative_to(runs).as_posix() for p in runs.rglob("*") if p.is_file()) == [
+        "seed0/frozen_retriever.json", "seed0/jsa_sum.json", "seed0/rag_sequence.json", "untrained.json"]
+    assert (results / "tiny" / "variance.json").is_file()
+
+    shutil.rmtree(study)  # e.g. the runs were another machine's
+    jsarag(*args[3:], "--from-results")  # in this process: it loads no model, so it takes a second
+    assert (results / "tiny.md").read_text() == report
+    # Without --from-results as well: every run has a result file, so nothing is trained, evaluated or indexed.
+    jsarag(*args[3:])
+    assert (results / "tiny.md").read_text() == report
+    assert not study.exists()
 
 
 @pytest.fixture(scope="module")

@@ -189,7 +189,12 @@ def quickstart(out: Path = typer.Option(Path("runs/quickstart"), "--out", help="
     run_quickstart(out, overrides or [])
 
 
-@app.command()
+@app.command(epilog="Each finished run's results are kept in REPORT_DIR/NAME/runs/seed<S>/<method>.json (small "
+                     "JSON, with the settings it ran with) and the page is built from these files; a run that has "
+                     "a file but no run folder is read, not trained again. To spread the seeds over machines: "
+                     "`--seeds 0` on one, `--seeds 1 --variance-draws 0` on another, commit REPORT_DIR/NAME/runs/ "
+                     "(and the first machine's REPORT_DIR/NAME/variance.json), then rebuild the page anywhere with "
+                     "`--seeds 0,1 --from-results`. Files from other settings are refused.")
 @user_errors
 def compare(config: Path = typer.Argument(..., help="Dataset config (e.g. configs/squad/base.yaml)."),
             name: str = typer.Option(..., help="Dataset name for the report: docs/results/NAME.md."),
@@ -200,49 +205,26 @@ def compare(config: Path = typer.Argument(..., help="Dataset config (e.g. config
                                                     "significance table (default: jsa_sum when it runs, else the "
                                                     "first method).", show_default=False),
             variance_draws: int = typer.Option(20, help="Redraws for the gradient-variance table (0: skip)."),
-            report_dir: Path = typer.Option(Path("docs/results"), help="Where the report and plots go."),
+            report_dir: Path = typer.Option(Path("docs/results"), help="Where the report, its plots and the runs' "
+                                            "result files go."),
             signal_examples: int = typer.Option(60, help="Training questions for the learning-signal table "
                                                 "(0: skip)."),
+            from_results: bool = typer.Option(False, "--from-results", help="Train, evaluate and load nothing: "
+                                              "rebuild the report from the result files in REPORT_DIR/NAME/ alone "
+                                              "(e.g. each seed's, committed from the machine that ran it)."),
             overrides: Optional[list[str]] = OVERRIDES):
     """Train every estimator from the same weights and data; write a results page with plots."""
     from rich.console import Console
     from rich.markdown import Markdown
 
-    from jsarag.config import load_config
-    from jsarag.study.compare import (
-        cached_json,
-        results_table,
-        run_comparison,
-        settings_text,
-        signal_rows,
-        write_plots,
-        write_report,
-    )
+    from jsarag.study.compare import results_table, run_study
     from jsarag.study.methods import choose_methods, choose_reference
-    from jsarag.study.variance import format_variance, gradient_variance
 
     chosen = choose_methods(methods)
-    reference = choose_reference(chosen, reference)
-    seed_list = [int(s) for s in seeds.split(",") if s]
-    extra = list(overrides or [])
-    results = run_comparison(config, out, seeds=seed_list, methods=chosen, overrides=extra)
-    variance_rows = []
-    if variance_draws > 0:
-        variance = cached_json(out / "variance.json",
-                               lambda: gradient_variance(config, [*extra, f"index.path={out / 'index'}"], chosen,
-                                                         draws=variance_draws),
-                               key={"draws": variance_draws, "methods": chosen, "overrides": extra})
-        variance_rows = format_variance(variance)
-    signal = (signal_rows(config, out, methods=chosen, seed=seed_list[0], overrides=extra, examples=signal_examples)
-              if signal_examples > 0 else [])
-    plots = write_plots(results, report_dir / name, seed=seed_list[0])
-    command = " ".join(["jsarag compare", str(config), f"--name {name}", f"--out {out}", f"--seeds {seeds}",
-                        f"--methods {','.join(chosen)}", f"--reference {reference}",
-                        f"--variance-draws {variance_draws}",
-                        f"--signal-examples {signal_examples}", *extra])
-    settings = settings_text(load_config(config, extra), config=config, overrides=extra, out=out, results=results)
-    write_report(report_dir / f"{name}.md", name=name, command=command, settings=settings, results=results,
-                 variance_rows=variance_rows, plots=plots, reference=reference, signal_table=signal)
+    results = run_study(config, name=name, out=out, seeds=[int(s) for s in seeds.split(",") if s], methods=chosen,
+                        reference=choose_reference(chosen, reference), variance_draws=variance_draws,
+                        signal_examples=signal_examples, report_dir=report_dir, overrides=list(overrides or []),
+                        from_results=from_results)
     Console().print(Markdown("\n".join(results_table(results))))
 
 

@@ -229,6 +229,15 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict as one level of dotted keys: ``{"train": {"steps": 4}}`` -> ``{"train.steps": 4}``."""
+    flat = {}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        flat.update(flatten(value, key + ".") if isinstance(value, dict) else {key: value})
+    return flat
+
+
 def apply_overrides(data: dict[str, Any], cls: type, overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b.c=value`` strings to the nested dict ``data`` (a config of class ``cls``).
 
@@ -298,4 +307,5 @@ def dump_yaml(obj: Any, path: str | Path) -> None:
 
 
 __all__ = ["ConfigError", "OutOfRange", "Range", "at_least", "check_ranges", "config_class", "fraction",
-           "positive", "range_message", "from_dict", "to_dict", "apply_overrides", "load_yaml", "dump_yaml"]
+           "positive", "range_message", "from_dict", "to_dict", "flatten", "apply_overrides", "load_yaml",
+           "dump_yaml"]

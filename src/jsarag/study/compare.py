@@ -9,6 +9,22 @@ finished run is not redone, an interrupted one is resumed. The untrained model a
 fine-tuned on a frozen retriever are the reference points. The report (markdown table, paired
 significance, plots) is written to docs/results/<name>.md. Nothing here knows a particular estimator: the
 methods, their options and the statistics each estimator logs (its ``panels``) come from the registry.
+
+The report is built from result files, not from run folders. Once a run has finished, what the report reads
+of it (``RunResult``, with the settings it ran with; about 28 KB for 150 questions and 24 steps, see
+``jsarag.study.results``) goes to docs/results/<name>/runs/seed<s>/<method>.json (runs/untrained.json for the
+untrained models), the gradient-variance numbers to docs/results/<name>/variance.json. A run with a result file
+but no run folder is read from its file, never trained again; so a long comparison can run one seed per machine:
+
+    jsarag compare CONFIG --name squad --out runs/compare-squad --seeds 0                    # machine A
+    jsarag compare CONFIG --name squad --out runs/compare-squad --seeds 1 --variance-draws 0 # machine B
+    # each commits docs/results/squad/runs/ (A also docs/results/squad/variance.json); then anywhere:
+    jsarag compare CONFIG --name squad --out runs/compare-squad --seeds 0,1 --from-results
+
+``--from-results`` trains, evaluates and loads nothing (no run folder, index or model): every result file that
+the seeds and methods name must be there, and the variance table is the committed one or is left out, saying
+why. A result file from other settings is refused. Every machine writes runs/untrained.json: the same bytes on
+machines of one kind; where two kinds differ (e.g. one computes in bf16, the other in fp32), keep either.
 """
 
 from __future__ import annotations
@@ -22,35 +38,34 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from jsarag.config import load_config
 from jsarag.configtools import to_dict
+from jsarag.errors import UserError
 from jsarag.estimators import ESTIMATORS, Panel
 from jsarag.eval.metrics import exact_match, token_f1
 from jsarag.eval.plots import line_plot
-from jsarag.study.diagnostics import learning_signal, retriever_recall, run_recall, run_state
+from jsarag.pipeline import save_run_config
+from jsarag.study.diagnostics import learning_signal, retriever_recall, run_state
 from jsarag.study.methods import BASELINES, UNTRAINED, all_methods
+from jsarag.study.results import (
+    RunResult,
+    cached_json,
+    check,
+    load_result,
+    read_cached,
+    result_path,
+    save_result,
+    settings_of,
+)
+from jsarag.study.variance import format_variance, gradient_variance
 from jsarag.train.logger import read_metrics
 
 REPORT_METRICS = ("em", "f1", "rougeL", "bleu4", "recall@1", "recall@5", "mrr@10")
 PAIRED_METRICS = ("em", "f1", "recall@1")
+SIGNAL_METRICS = ("prior_top1", "likelihood_top1", "posterior_top1", "prior_gold_mass", "posterior_gold_mass")
 UNEVEN_STEPS = 0.25  # a run whose step_spread exceeds this is flagged in the report
-
-
-@dataclass
-class RunResult:
-    method: str
-    seed: int
-    summary: dict[str, float]
-    per_question: dict[str, dict[str, float]]  # metric -> {question id -> value}
-    seconds_per_100_steps: float = math.nan  # mean step time x 100
-    median_seconds_per_100_steps: float = math.nan
-    step_spread: float = math.nan  # see step_spread()
-    peak_memory_mib: float = math.nan
-    curves: list[dict] = field(default_factory=list)
-    headers: list[dict] = field(default_factory=list)  # the run's log headers: precision and hardware, per start
 
 
 def _jsarag(args: list[str], log: Path) -> None:
@@ -74,21 +89,6 @@ def _per_question(predictions_file: Path) -> dict[str, dict[str, float]]:
     return out
 
 
-def cached_json(path: Path, compute, key: object = None):
-    """``compute()``, saved as JSON in ``path`` and read back on later calls with the same ``key``
-    (diagnostics of finished runs do not change; a study's report can be re-rendered in seconds)."""
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved.get("key") == key:
-            return saved["value"]
-    value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": key, "value": value}, indent=2))
-    tmp.replace(path)
-    return value
-
-
 def step_seconds(records: list[dict]) -> list[float]:
     """The training steps' times from a run's ``metrics.jsonl`` records, step 1 (warm-up) left out."""
     steps = [r for r in records if "loss" in r]
@@ -105,75 +105,114 @@ def step_spread(seconds: list[float]) -> float:
     return (deciles[-1] - deciles[0]) / statistics.median(seconds)
 
 
-def _collect(method: str, seed: int, eval_dir: Path, run_dir: Path | None) -> RunResult:
+def curve_keys(method: str) -> set[str]:
+    """The keys of a run's logged steps that the report reads: the loop's plots and its estimator's panels."""
+    panels = ESTIMATORS[all_methods()[method].estimator].panels
+    return {"step", *(key for _, key, _, _ in LOOP_PLOTS), *(k for p in panels for k in (*p.metrics, *p.compared))}
+
+
+def _collect(method: str, seed: int, folder: Path, eval_dir: Path, signal_examples: int) -> RunResult:
+    """A finished run's results: its evaluation in ``eval_dir``; from its ``folder`` (a run folder, or the untrained
+    models' with their config.yaml), its settings, log and diagnostics (cached there); with ``signal_examples``,
+    its learning signal."""
+    cfg, checkpoint, index_dir = run_state(folder)
     summary = json.loads((eval_dir / "summary.json").read_text())
-    result = RunResult(method, seed, summary, _per_question(eval_dir / "predictions.jsonl"))
-    if run_dir is not None:
-        result.summary.update(cached_json(run_dir / "eval" / "retriever_recall.json", lambda: run_recall(run_dir)))
-        records = read_metrics(run_dir)
-        seconds = step_seconds(records)
+    summary.update(cached_json(folder / "eval" / "retriever_recall.json",
+                               lambda: retriever_recall(cfg, checkpoint, index_dir)))
+    result = RunResult(method, seed, summary, _per_question(eval_dir / "predictions.jsonl"), settings=settings_of(cfg))
+    if signal_examples > 0:
+        result.signal = cached_json(folder / "learning_signal.json",
+                                    lambda: learning_signal(cfg, checkpoint, index_dir, limit=signal_examples),
+                                    key={"examples": signal_examples, "checkpoint": str(checkpoint)})
+    records = read_metrics(folder)
+    seconds = step_seconds(records)
+    if seconds:
         result.seconds_per_100_steps = 100 * statistics.mean(seconds)
         result.median_seconds_per_100_steps = 100 * statistics.median(seconds)
         result.step_spread = step_spread(seconds)
         result.peak_memory_mib = next((r["peak_memory_mib"] for r in reversed(records) if "peak_memory_mib" in r),
                                       math.nan)
-        result.curves = [r for r in records if "loss" in r]
+        keep = curve_keys(method)
+        result.curves = [{k: v for k, v in r.items() if k in keep} for r in records if "loss" in r]
         result.headers = [r["run"] for r in records if "run" in r]
     return result
 
 
-def run_comparison(config: str | Path, out: str | Path, *, seeds: list[int], methods: list[str],
-                   overrides: list[str]) -> list[RunResult]:
-    out = Path(out)
-    log = out / "study.log"
-    cfg = load_config(config, overrides)  # fail early on a bad config, before hours of training
-    split = cfg.eval.split
+def _study_index(config: str | Path, out: Path, overrides: list[str]) -> Path:
+    """The study's index, OUT/index, built the first time something needs it."""
     index_dir = out / "index"
     if not (index_dir / "meta.json").is_file():
-        _jsarag(["index", "build", str(config), "--out", str(index_dir), *overrides], log)
-    common = [*overrides, f"index.path={index_dir}"]
-    results = []
-    untrained = out / UNTRAINED / "eval"
-    if not (untrained / "summary.json").is_file():
-        _jsarag(["eval", str(config), "--out", str(untrained), *common], log)
-    results.append(_collect(UNTRAINED, -1, untrained, None))
-    results[-1].summary.update(cached_json(untrained / "retriever_recall.json",
-                                       lambda: retriever_recall(cfg, None, index_dir)))
-    known = all_methods()
-    plan = {m: known[m].overrides() for m in [*methods, *BASELINES]}
-    for seed in seeds:
-        for method, extra in plan.items():
-            run_dir = out / f"seed{seed}" / method
-            eval_dir = run_dir / "eval" / split
-            if not (eval_dir / "summary.json").is_file():
-                resume = ["--resume"] if (run_dir / "config.yaml").is_file() else []
-                _jsarag(["train", str(config), "--out", str(run_dir), *resume, *common, *extra,
-                         f"train.seed={seed}", "train.progress=false"], log)
-            results.append(_collect(method, seed, eval_dir, run_dir))
-    return results
+        _jsarag(["index", "build", str(config), "--out", str(index_dir), *overrides], out / "study.log")
+    return index_dir
 
 
-def signal_rows(config: str | Path, out: str | Path, *, methods: list[str], seed: int, overrides: list[str],
-                examples: int) -> list[str]:
-    """``learning_signal`` for the untrained models and for each method's run at ``seed``, as table rows."""
+def run_comparison(config: str | Path, out: str | Path, *, seeds: list[int], methods: list[str],
+                   overrides: list[str], runs_dir: Path, signal_examples: int = 0,
+                   from_results: bool = False) -> list[RunResult]:
+    """The results of the untrained models and of every method (and baseline) at every seed, each read from its
+    file in ``runs_dir`` and checked against this comparison's settings.
+
+    A run whose folder in ``out`` holds its evaluation is collected into its file (again, so that the file follows
+    the folder); one with neither that nor a file is trained, or resumed, first. With ``from_results`` only the
+    files are read: nothing is trained or computed, and a missing file is an error."""
     out = Path(out)
-    cfg = load_config(config, [*overrides, f"index.path={out / 'index'}"])
-    points = [(UNTRAINED, None, out / "index")]
-    for method in [*methods, *BASELINES]:
-        run_dir = out / f"seed{seed}" / method
-        if (run_dir / "config.yaml").is_file():
-            _, checkpoint, index_dir = run_state(run_dir)
-            if checkpoint is not None:
-                points.append((method, checkpoint, index_dir))
-    keys = ["prior_top1", "likelihood_top1", "posterior_top1", "prior_gold_mass", "posterior_gold_mass"]
-    rows = ["| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-    for method, checkpoint, index_dir in points:
-        where = out / UNTRAINED if checkpoint is None else checkpoint.parent.parent
-        signal = cached_json(where / "learning_signal.json",
-                         lambda: learning_signal(cfg, checkpoint, index_dir, limit=examples),
-                         key={"examples": examples, "checkpoint": str(checkpoint)})
-        rows.append(f"| {method} | " + " | ".join(f"{100 * signal[k]:.1f}" for k in keys) + " |")
-    return rows
+    log = out / "study.log"
+    known = all_methods()
+    plan = [(UNTRAINED, -1, []), *((m, s, known[m].overrides()) for s in seeds for m in [*methods, *BASELINES])]
+    # Each method's settings; loading them first also fails early on a bad config, before hours of training.
+    expected = {m: settings_of(load_config(config, [*overrides, *extra])) for m, _, extra in plan}
+    paths = {(m, s): result_path(runs_dir, m, s) for m, s, _ in plan}
+    if from_results:
+        missing = [str(p) for p in paths.values() if not p.is_file()]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise UserError(f"--from-results: no result file {missing[0]}{more}; run those seeds without "
+                            f"--from-results (where their run folders are) and commit {runs_dir}")
+    else:
+        common = [*overrides, f"index.path={out / 'index'}"]
+        split = load_config(config, overrides).eval.split
+        for method, seed, extra in plan:
+            if method == UNTRAINED:  # evaluated from a saved config, so that its folder says what it ran with
+                folder = out / UNTRAINED
+                eval_dir = folder / "eval"
+                command = ["eval", str(folder / "config.yaml"), "--out", str(eval_dir)]
+            else:
+                folder = out / f"seed{seed}" / method
+                eval_dir = folder / "eval" / split
+                resume = ["--resume"] if (folder / "config.yaml").is_file() else []
+                command = ["train", str(config), "--out", str(folder), *resume, *common, *extra,
+                           f"train.seed={seed}", "train.progress=false"]
+            finished = (folder / "config.yaml").is_file() and (eval_dir / "summary.json").is_file()
+            if not finished and paths[method, seed].is_file():
+                continue  # run elsewhere, or its folder deleted: its file is its record
+            if not finished:
+                _study_index(config, out, overrides)
+                if method == UNTRAINED:
+                    save_run_config(load_config(config, common), folder)
+                _jsarag(command, log)
+            result = _collect(method, seed, folder, eval_dir, signal_examples)
+            save_result(paths[method, seed], check(result, method=method, seed=seed, settings=expected[method],
+                                                   source=folder))
+    return [check(load_result(path), method=m, seed=s, settings=expected[m], source=path)
+            for (m, s), path in paths.items()]
+
+
+def variance_rows(config: str | Path, out: Path, *, methods: list[str], overrides: list[str], draws: int,
+                  path: Path, from_results: bool = False) -> tuple[list[str], str]:
+    """The gradient-variance table (``jsarag variance`` at the untrained models), saved in ``path`` and read back
+    while the draws, methods and settings stay; or no rows and the sentence that says why."""
+    if draws <= 0:
+        return [], "Not computed for this page (`--variance-draws 0`)."
+    key = {"draws": draws, "methods": methods, "settings": settings_of(load_config(config, overrides))}
+    if from_results:
+        value = read_cached(path, key)
+        if value is None:
+            return [], (f"Not among the committed results: `{path}` is missing or holds other draws, methods or "
+                        f"settings (`jsarag compare` without `--from-results` computes it).")
+    else:
+        value = cached_json(path, lambda: gradient_variance(
+            config, [*overrides, f"index.path={_study_index(config, out, overrides)}"], methods, draws=draws), key)
+    return format_variance(value), ""
 
 
 def _precision_text(setting: str, results: Sequence[RunResult]) -> str:
@@ -204,16 +243,15 @@ def estimator_options_lines(config: str | Path, overrides: list[str], methods: I
     return lines
 
 
-def settings_text(cfg, *, config: str | Path, overrides: list[str], out: str | Path,
-                  results: Sequence[RunResult] = ()) -> str:
+def settings_text(cfg, *, config: str | Path, overrides: list[str], results: Sequence[RunResult] = ()) -> str:
     """The settings every method shares, from the resolved config (the methods differ only in the estimator),
     each method's estimator options, and, for the precision, the runs' logs."""
     e, g, o, t, r = cfg.estimator, cfg.generator, cfg.optim, cfg.train, cfg.retriever
     lora = f" + LoRA (r {g.lora.r}, alpha {g.lora.alpha})" if g.lora.enabled else ""
     options = estimator_options_lines(config, overrides, _methods_run(results))
     return "\n".join([
-        f"- Config `{config}`, overrides `{' '.join(overrides) or '(none)'}`; the resolved config of every run is "
-        f"`{out}/seed*/<method>/config.yaml`.",
+        f"- Config `{config}`, overrides `{' '.join(overrides) or '(none)'}`; each run's result file holds the "
+        "resolved config it ran with (its `settings`).",
         f"- Retriever `{r.model}` (temperature {r.temperature}, passage encoder "
         f"{'trained' if r.train_passage_encoder else 'frozen'}); generator `{g.model}`{lora}; passages cut at "
         f"{g.max_passage_tokens} tokens, answers at {g.max_answer_tokens}.",
@@ -393,11 +431,51 @@ def write_plots(results: list[RunResult], plots_dir: Path, seed: int) -> list[Pa
     return written
 
 
-def write_report(path: Path, *, name: str, command: str, settings: str, results: list[RunResult],
-                 variance_rows: list[str], plots: list[Path], reference: str, notes: str = "",
-                 signal_table: list[str] | None = None) -> None:
+def signal_table(results: list[RunResult]) -> list[str]:
+    """A row per method (and the untrained models) whose runs carry a learning signal: each statistic in %, mean ±
+    std over seeds."""
+    groups = _by_method(results, lambda r: bool(r.signal))
+    if not groups:
+        return []
+    keys = SIGNAL_METRICS
+    rows = ["| model | seeds | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    return rows + [f"| {method} | {len(runs)} | " + " | ".join(_mean_std([100 * r.signal[k] for r in runs])
+                                                             for k in keys) + " |"
+                   for method, runs in groups.items()]
+
+
+def signal_section(results: list[RunResult]) -> list[str]:
+    lines = ["## Learning signal: does the generator's likelihood point at the gold passage?", ""]
+    table = signal_table(results)
+    if not table:
+        return lines + ["Not among these results: their files were collected with `--signal-examples 0`.", ""]
+    questions = "/".join(sorted({f"{r.signal['examples']:.0f}" for r in results if r.signal}, key=int))
+    return lines + [
+        *table, "",
+        f"On the first {questions} training questions with a gold passage; candidates: the prior's top K plus the "
+        "gold passage. `*_top1`: % of questions where the gold passage is the argmax of the prior, of the "
+        "generator's log-likelihood of the gold answer, and of the posterior p_r p_g / Z that every estimator here "
+        "moves the prior towards; `*_gold_mass`: mean probability (%) of the gold passage under the prior and "
+        "under that posterior. Rows after `untrained` use each method's trained weights, mean ± std over its "
+        "seeds.", ""]
+
+
+def variance_section(rows: list[str], note: str) -> list[str]:
+    lines = ["## Gradient variance (log of the summed per-parameter variance, fixed batch)", ""]
+    if not rows:
+        return lines + [note, ""]
+    return lines + [*rows, "", "Cells give log sum_j Var[g_j] over the redraws; `0 (...)` marks a variance that is "
+                                "exactly zero (no randomness reaches that component), not a logarithm.", ""]
+
+
+def write_report(path: Path, *, name: str, command: str, settings: str, results: list[RunResult], runs_dir: Path,
+                 plots: list[Path], reference: str, signal: list[str], variance: list[str], notes: str = "") -> None:
+    """The results page; ``signal`` and ``variance`` are its optional sections (``signal_section``,
+    ``variance_section``)."""
     lines = [f"# {name}: end-to-end estimators compared", "",
-             "Produced by the command below; no number here was edited by hand.", "",
+             "Produced by the command below; no number here was edited by hand. The page is built from each "
+             f"run's result file in `{os.path.relpath(runs_dir, path.parent)}/`: the same command with "
+             "`--from-results` rebuilds it from them alone, so its seeds can run on different machines.", "",
              "```bash", command, "```", "", "## Settings", "", settings, "",
              "## Results (held-out split; mean ± standard deviation over seeds)", "",
              *results_table(results), "",
@@ -419,20 +497,35 @@ def write_report(path: Path, *, name: str, command: str, settings: str, results:
              "The prior reads the question (this is what the model uses at inference); the posterior reads "
              f"question [SEP] gold answer, as in training. {posterior_text(results)}", "",
              *(line for panel, table in panel_tables(results) for line in panel_section(panel, table)),
-             *([ "## Learning signal: does the generator's likelihood point at the gold passage?", "",
-                 *signal_table, "",
-                 "On training questions with a gold passage; candidates: the prior's top K plus the gold passage. "
-                 "`*_top1`: % of questions where the gold passage is the argmax of the prior, of the generator's "
-                 "log-likelihood of the gold answer, and of the posterior p_r p_g / Z that every estimator here "
-                 "moves the prior towards; `*_gold_mass`: mean probability (%) of the gold passage under the prior "
-                 "and under that posterior. Rows after `untrained` use each method's trained weights (first "
-                 "seed).", ""] if signal_table else []),
-             "## Gradient variance (log of the summed per-parameter variance, fixed batch)", "",
-             *variance_rows, "",
-             *(["Cells give log sum_j Var[g_j] over the redraws; `0 (...)` marks a variance that is exactly zero "
-                "(no randomness reaches that component), not a logarithm.", ""] if variance_rows else []),
+             *signal, *variance,
              "## Plots", "", *[f"![{p.stem}]({os.path.relpath(p, path.parent)})" for p in plots], ""]
     if notes:
         lines += ["## Notes", "", notes, ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
+
+
+# ---- the command ----------------------------------------------------------------------------------
+def run_study(config: str | Path, *, name: str, out: str | Path, seeds: list[int], methods: list[str],
+              reference: str, variance_draws: int, signal_examples: int, report_dir: str | Path,
+              overrides: list[str], from_results: bool = False) -> list[RunResult]:
+    """`jsarag compare`: the runs (trained, collected or read from their files), the variance table, then
+    REPORT_DIR/NAME.md and its plots in REPORT_DIR/NAME/. Returns the results the page shows."""
+    out, report_dir = Path(out), Path(report_dir)
+    folder = report_dir / name
+    results = run_comparison(config, out, seeds=seeds, methods=methods, overrides=overrides,
+                             runs_dir=folder / "runs", signal_examples=signal_examples, from_results=from_results)
+    variance = variance_rows(config, out, methods=methods, overrides=overrides, draws=variance_draws,
+                             path=folder / "variance.json", from_results=from_results)
+    plots = write_plots(results, folder, seed=seeds[0])
+    # The command that trains what the page shows; --from-results only changes where the numbers are read from.
+    command = " ".join(["jsarag compare", str(config), f"--name {name}", f"--out {out}",
+                        f"--seeds {','.join(map(str, seeds))}", f"--methods {','.join(methods)}",
+                        f"--reference {reference}", f"--variance-draws {variance_draws}",
+                        f"--signal-examples {signal_examples}", *overrides])
+    settings = settings_text(load_config(config, overrides), config=config, overrides=overrides, results=results)
+    write_report(report_dir / f"{name}.md", name=name, command=command, settings=settings, results=results,
+                 runs_dir=folder / "runs", plots=plots, reference=reference,
+                 signal=signal_section(results) if signal_examples > 0 else [],
+                 variance=variance_section(*variance))
+    return results

@@ -29,11 +29,6 @@ def run_state(run_dir: str | Path):
     return cfg, checkpoint, index_dir
 
 
-def run_recall(run_dir: str | Path) -> dict[str, float]:
-    """``retriever_recall`` for a training run folder: its config, newest checkpoint and index."""
-    return retriever_recall(*run_state(run_dir))
-
-
 @torch.no_grad()
 def retriever_recall(cfg, checkpoint: Path | None, index_dir: Path, *, ks: tuple[int, ...] = (1, 5),
                      batch_size: int = 64) -> dict[str, float]:

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from jsarag import outdirs
 from jsarag.config import Config, load_config
-from jsarag.configtools import to_dict
+from jsarag.configtools import flatten, to_dict
 from jsarag.data import Batch
 from jsarag.errors import TrainingDivergedError, UserError
 from jsarag.estimators import build_estimator
@@ -86,19 +86,11 @@ class BatchSchedule:
 
 def _check_resume(cfg: Config, run_dir: Path) -> None:
     saved = load_config(run_dir / "config.yaml", saved=True)
-    mine, theirs = _flatten(to_dict(cfg)), _flatten(to_dict(saved))
+    mine, theirs = flatten(to_dict(cfg)), flatten(to_dict(saved))
     changed = [k for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)
                and k not in RESUMABLE_CHANGES]
     if changed:
         raise UserError(f"--resume with a config that differs from the run's saved one in: {', '.join(changed)}")
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
 
 
 def _final_eval_logged(run_dir: Path, step: int) -> bool:

@@ -1,0 +1,150 @@
+"""A comparison's results, kept as small JSON files so that its report never needs the run folders again.
+
+    REPORT_DIR/NAME/runs/untrained.json          the models as loaded
+    REPORT_DIR/NAME/runs/seed<S>/<method>.json   one training run
+    REPORT_DIR/NAME/variance.json                the gradient-variance table's numbers
+
+A run's file is its ``RunResult`` (``to_json`` / ``from_json``): the evaluation summary, the per-question
+scores that the paired bootstrap resamples, step-time statistics, peak memory, the log headers (precision
+and hardware of each start), the learning signal, the metrics curve restricted to the keys the report reads,
+and ``settings``: the resolved config the run trained with (``settings_of``). Measured values are kept to 6
+significant digits. A file takes about 2.5 KB of settings, 120 bytes per evaluation question (three scores
+under a 24-character id) and 27 bytes per training step and curve key (11 keys for JSA): with 150 questions, 24
+JSA steps make 28 KB, 1,000 steps 320 KB.
+
+Each machine that runs some of a comparison's seeds commits its files; the report is rebuilt from all of
+them. A file from other settings is refused (``check``) with a line that names it and what differs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from jsarag.configtools import flatten, to_dict
+from jsarag.errors import UserError
+from jsarag.study.methods import UNTRAINED
+
+# Config keys that may differ between the runs of one report: the seed by design, the others say where files go
+# and how a run is watched, not what it learns.
+NOT_COMPARED = ("train.seed", "index.path", "train.progress", "train.tensorboard", "train.save_every",
+                "train.keep_checkpoints")
+SIGNIFICANT_DIGITS = 6
+
+
+@dataclass
+class RunResult:
+    method: str
+    seed: int  # -1 for the untrained models
+    summary: dict[str, float]
+    per_question: dict[str, dict[str, float]]  # metric -> {question id -> value}
+    seconds_per_100_steps: float = math.nan  # mean step time x 100
+    median_seconds_per_100_steps: float = math.nan
+    step_spread: float = math.nan  # see compare.step_spread()
+    peak_memory_mib: float = math.nan
+    curves: list[dict] = field(default_factory=list)  # the logged steps, with the keys the report reads
+    headers: list[dict] = field(default_factory=list)  # the run's log headers: precision and hardware, per start
+    signal: dict[str, float] = field(default_factory=dict)  # learning_signal() of its weights, {} if not computed
+    settings: dict[str, Any] = field(default_factory=dict)  # settings_of() the config it ran with
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        for name in MEASURED:
+            data[name] = _rounded(data[name])
+        return json.dumps(data, indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> RunResult:
+        return cls(**json.loads(text))
+
+
+MEASURED = tuple(f.name for f in fields(RunResult) if f.name not in ("method", "seed", "headers", "settings"))
+
+
+def _rounded(value: Any) -> Any:
+    """``value`` with every float kept to ``SIGNIFICANT_DIGITS`` (NaN stays NaN)."""
+    if isinstance(value, float):
+        return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def settings_of(cfg) -> dict[str, Any]:
+    """What a run trains (or is evaluated) with: its resolved config as dotted keys, less ``NOT_COMPARED`` and the
+    options of the estimators it does not use (so that registering another estimator changes nothing)."""
+    used = f"estimator.{cfg.estimator.name}."
+    return {key: value for key, value in flatten(to_dict(cfg)).items() if key not in NOT_COMPARED
+            and (not key.startswith("estimator.") or key.count(".") == 1 or key.startswith(used))}
+
+
+def _run_name(method: str, seed: int) -> str:
+    return method if method == UNTRAINED else f"{method} at seed {seed}"
+
+
+def _shown(settings: dict[str, Any], key: str) -> str:
+    return repr(settings[key]) if key in settings else "unset"
+
+
+def check(result: RunResult, *, method: str, seed: int, settings: dict[str, Any], source: Path) -> RunResult:
+    """``result`` if it is ``method``'s at ``seed`` and ran with ``settings``; else a UserError naming ``source``
+    and the first keys that differ."""
+    if (result.method, result.seed) != (method, seed):
+        raise UserError(f"{source} holds the result of {_run_name(result.method, result.seed)}, "
+                        f"not of {_run_name(method, seed)}")
+    unset = object()
+    changed = [key for key in dict.fromkeys([*settings, *result.settings])
+               if result.settings.get(key, unset) != settings.get(key, unset)]
+    if changed:
+        shown = "; ".join(f"{key}={_shown(result.settings, key)} (here {_shown(settings, key)})"
+                          for key in changed[:3])
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise UserError(f"{source} ran with other settings than this comparison: {shown}{more}")
+    return result
+
+
+def result_path(runs_dir: Path, method: str, seed: int) -> Path:
+    return runs_dir / f"{UNTRAINED}.json" if method == UNTRAINED else runs_dir / f"seed{seed}" / f"{method}.json"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """``text`` into ``path`` whole or not at all: a kill while writing leaves the previous file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def save_result(path: Path, result: RunResult) -> None:
+    write_atomic(path, result.to_json())
+
+
+def load_result(path: Path) -> RunResult:
+    try:
+        return RunResult.from_json(path.read_text())
+    except (ValueError, TypeError) as err:  # not JSON, or not a RunResult's fields
+        raise UserError(f"{path} is not a comparison's result file ({err})") from None
+
+
+def read_cached(path: Path, key: object = None):
+    """The value ``cached_json`` saved in ``path`` for ``key``, or None."""
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            return saved["value"]
+    return None
+
+
+def cached_json(path: Path, compute, key: object = None):
+    """``compute()``, saved as JSON in ``path`` and read back on later calls with the same ``key``
+    (diagnostics of finished runs do not change; a study's report can be re-rendered in seconds)."""
+    value = read_cached(path, key)
+    if value is None:
+        value = compute()
+        write_atomic(path, json.dumps({"key": key, "value": value}, indent=2))
+    return value

@@ -1,0 +1,180 @@
+"""A comparison's result files: a run's results round-trip through its file, results from other settings are
+refused, and seeds run on two machines (two study folders, one report folder) make one report, rebuilt from the
+files alone without training anything."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+from helpers import REPO, jsarag, jsarag_logged
+
+from jsarag.config import load_config
+from jsarag.errors import UserError
+from jsarag.study import compare
+from jsarag.study.results import RunResult, check, load_result, result_path, save_result, settings_of
+
+TINY = REPO / "configs" / "tiny.yaml"
+
+
+def a_result() -> RunResult:
+    return RunResult("jsa_sum", 2, {"em": 100 / 3, "f1": 0.123456789, "examples": 3},
+                     {"em": {"q1": 1.0, "q2": 0.0}, "f1": {"q1": 1.0, "q2": 2 / 7}, "recall@1": {"q1": 1.0, "q2": 0.0}},
+                     seconds_per_100_steps=123.456789, median_seconds_per_100_steps=120.0,
+                     peak_memory_mib=2048.5, curves=[{"step": 1, "loss": 1 / 3, "accept_rate": None},
+                                                     {"step": 2, "loss": 0.25}],
+                     headers=[{"precision": "fp32", "precision_setting": "auto", "device": "cpu", "cpu": "AVX2"}],
+                     signal={"examples": 4.0, "prior_top1": 0.25, "posterior_gold_mass": 1 / 7},
+                     settings={"optim.lr_generator": 1.23456789e-4, "train.freeze": ["prior"], "data.test": None})
+
+
+# ---- the file ------------------------------------------------------------------------------------------
+def test_a_run_result_round_trips_through_its_file_to_six_significant_digits(tmp_path):
+    result = a_result()
+    path = result_path(tmp_path / "runs", "jsa_sum", 2)
+    assert path == tmp_path / "runs" / "seed2" / "jsa_sum.json"
+    assert result_path(tmp_path / "runs", "untrained", -1) == tmp_path / "runs" / "untrained.json"
+    save_result(path, result)
+    back = load_result(path)
+    assert (back.method, back.seed, back.headers) == (result.method, result.seed, result.headers)
+    assert back.summary == {"em": 33.3333, "f1": 0.123457, "examples": 3}
+    assert back.per_question == {"em": {"q1": 1.0, "q2": 0.0}, "f1": {"q1": 1.0, "q2": 0.285714},
+                                 "recall@1": {"q1": 1.0, "q2": 0.0}}
+    assert (back.seconds_per_100_steps, back.median_seconds_per_100_steps, back.peak_memory_mib) == (123.457, 120.0,
+                                                                                                      2048.5)
+    assert math.isnan(back.step_spread)  # not measured stays not measured
+    assert back.curves == [{"step": 1, "loss": 0.333333, "accept_rate": None}, {"step": 2, "loss": 0.25}]
+    assert back.signal == {"examples": 4.0, "prior_top1": 0.25, "posterior_gold_mass": 0.142857}
+    assert back.settings == result.settings  # compared exactly, so never rounded
+    assert back.to_json() == path.read_text()  # what was read writes the same bytes
+    assert [p.name for p in path.parent.iterdir()] == ["jsa_sum.json"]  # no temporary file left
+
+
+def test_a_file_that_is_no_result_is_one_clear_error(tmp_path):
+    path = tmp_path / "untrained.json"
+    path.write_text('{"method": "untrained"}')
+    with pytest.raises(UserError, match=re.escape(f"{path} is not a comparison's result file")):
+        load_result(path)
+
+
+# ---- settings ------------------------------------------------------------------------------------------
+def test_settings_leave_out_the_seed_the_paths_and_the_options_of_other_estimators():
+    jsa = settings_of(load_config(TINY))
+    assert settings_of(load_config(TINY, ["train.seed=3", "index.path=/elsewhere", "train.progress=true"])) == jsa
+    assert jsa["estimator.name"] == "jsa" and jsa["estimator.jsa.num_proposals"] == 8 and jsa["train.steps"] == 4
+    assert "train.seed" not in jsa and "index.path" not in jsa
+    assert not any(key.startswith("estimator.vrag.") for key in jsa)
+    vrag = settings_of(load_config(TINY, ["estimator.name=vrag"]))
+    assert vrag["estimator.vrag.mode"] == "exact" and not any(key.startswith("estimator.jsa.") for key in vrag)
+
+
+def test_a_result_from_other_settings_is_refused_naming_the_file_and_what_differs(tmp_path):
+    path = tmp_path / "seed2" / "jsa_sum.json"
+    here = settings_of(load_config(TINY))
+    result = a_result()
+    result.settings = settings_of(load_config(TINY, ["train.steps=8", "data.max_eval_examples=2"]))
+    with pytest.raises(UserError) as refused:
+        check(result, method="jsa_sum", seed=2, settings=here, source=path)
+    assert str(refused.value) == (f"{path} ran with other settings than this comparison: "
+                                  "data.max_eval_examples=2 (here 8); train.steps=8 (here 4)")
+    result.settings = settings_of(load_config(TINY, ["train.steps=8", "train.batch_size=2", "optim.lr_prior=1",
+                                                     "eval.top_k=1"]))
+    with pytest.raises(UserError, match=r"optim.lr_prior=1.0 \(here 0.001\); train.steps=8 \(here 4\); "
+                                        r"train.batch_size=2 \(here 4\) and 1 more$"):
+        check(result, method="jsa_sum", seed=2, settings=here, source=path)
+    with pytest.raises(UserError, match=re.escape(f"{path} holds the result of jsa_sum at seed 2, not of jsa_sum "
+                                                  "at seed 1")):
+        check(result, method="jsa_sum", seed=1, settings=result.settings, source=path)
+    assert check(result, method="jsa_sum", seed=2, settings=result.settings, source=path) is result
+
+
+def test_from_results_names_the_missing_result_file(tmp_path):
+    runs = tmp_path / "results" / "tiny" / "runs"
+    with pytest.raises(UserError, match=re.escape(f"--from-results: no result file {runs / 'untrained.json'} "
+                                                  "(and 2 more)")):
+        compare.run_comparison(TINY, tmp_path / "study", seeds=[0], methods=["jsa_sum"], overrides=[],
+                               runs_dir=runs, from_results=True)
+    assert not (tmp_path / "study").exists()
+
+
+# ---- two machines, one report ----------------------------------------------------------------------
+OVERRIDES = ["train.steps=2", "train.save_every=2", "data.max_train_examples=8", "data.max_eval_examples=2"]
+OPTIONS = ["--methods", "rag_sequence", "--variance-draws", "0", "--signal-examples", "2"]
+
+
+def refuse(*args, **kwargs):
+    raise AssertionError("trained, evaluated or loaded models where result files were to be read")
+
+
+@pytest.fixture(scope="module")
+def machines(tmp_path_factory):
+    """Seed 0 run on machine A and seed 1 on machine B (in this process, into two study folders), each writing
+    its result files into the same report folder, as a checkout that both commit to would have them."""
+    root = tmp_path_factory.mktemp("machines")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compare, "_jsarag", jsarag_logged)
+        patch.setenv("TQDM_DISABLE", "1")
+        for machine, seed in (("a", 0), ("b", 1)):
+            jsarag("compare", TINY, "--name", "tiny", "--out", root / machine, "--seeds", seed,
+                   "--report-dir", root / "results", *OPTIONS, *OVERRIDES)
+    return root
+
+
+@pytest.mark.slow
+def test_each_machine_writes_the_result_files_of_its_seed(machines):
+    runs = machines / "results" / "tiny" / "runs"
+    assert sorted(p.relative_to(runs).as_posix() for p in runs.rglob("*") if p.is_file()) == [
+        "seed0/frozen_retriever.json", "seed0/rag_sequence.json", "seed1/frozen_retriever.json",
+        "seed1/rag_sequence.json", "untrained.json"]
+    result = load_result(runs / "seed1" / "rag_sequence.json")
+    assert result.settings == settings_of(load_config(TINY, [*OVERRIDES, "estimator.name=rag_sequence"]))
+    assert [c["step"] for c in result.curves] == [1, 2]
+    assert "seconds" not in result.curves[0] and "loss" in result.curves[0]  # only what the report reads
+    assert result.headers and result.signal["examples"] == 2
+    assert (machines / "a" / "untrained" / "config.yaml").is_file()  # what the untrained models were evaluated with
+    assert not (machines / "b" / "untrained").exists()  # B found A's untrained.json in the shared report folder
+
+
+@pytest.mark.slow
+def test_the_report_of_both_machines_seeds_is_rebuilt_from_the_result_files_alone(machines, monkeypatch):
+    for name in ("_jsarag", "run_state", "retriever_recall", "learning_signal", "gradient_variance"):
+        monkeypatch.setattr(compare, name, refuse)
+    results = machines / "results"
+    jsarag("compare", TINY, "--name", "tiny", "--out", machines / "nowhere", "--seeds", "0,1", "--report-dir",
+           results, "--from-results", *OPTIONS, *OVERRIDES)
+    assert not (machines / "nowhere").exists()
+    report = (results / "tiny.md").read_text()
+    for needle in ("| untrained | 1 |", "| rag_sequence | 2 |", "| frozen_retriever | 2 |", "--seeds 0,1 ",
+                   "On the first 2 training questions", "Not computed for this page (`--variance-draws 0`)."):
+        assert needle in report, needle
+    significance = next(line for line in report.splitlines() if line.startswith("| frozen_retriever | ")
+                        and "[" in line)
+    assert significance.count("/2)") == 3  # both seeds paired, for each metric
+    assert (results / "tiny" / "learning_curves.png").is_file()
+
+
+@pytest.mark.slow
+def test_a_rerun_trains_nothing_and_rewrites_the_same_files(machines, monkeypatch):
+    """Machine A again, with both seeds: its own runs are collected again from their folders, seed 1 is read from
+    machine B's files (its run folder is not here), and nothing is trained."""
+    runs = machines / "results" / "tiny" / "runs"
+    before = {p: p.read_bytes() for p in runs.rglob("*.json")}
+    monkeypatch.setattr(compare, "_jsarag", refuse)
+    jsarag("compare", TINY, "--name", "tiny", "--out", machines / "a", "--seeds", "0,1", "--report-dir",
+           machines / "results", *OPTIONS, *OVERRIDES)
+    assert {p: p.read_bytes() for p in runs.rglob("*.json")} == before
+    assert not (machines / "a" / "seed1").exists()
+
+
+@pytest.mark.slow
+def test_result_files_from_other_settings_are_refused(machines, monkeypatch):
+    monkeypatch.setattr(compare, "_jsarag", refuse)
+    runs = machines / "results" / "tiny" / "runs"
+    other = [o for o in OVERRIDES if not o.startswith("train.steps=")] + ["train.steps=3"]
+    for from_results in (True, False):
+        with pytest.raises(UserError, match=re.escape(f"{runs / 'untrained.json'} ran with other settings than "
+                                                      "this comparison: train.steps=2 (here 3)")):
+            compare.run_comparison(TINY, machines / "c", seeds=[0], methods=["rag_sequence"], overrides=other,
+                                   runs_dir=runs, from_results=from_results)
+    assert not (machines / "c").exists()
