@@ -221,6 +221,16 @@ def generator_nll(generator, batch: Batch, passages: list[list], how: GeneratorL
     raise ValueError(f"generator_loss must be 'concat' or 'per_passage_mean', got {how!r}")
 
 
+def retriever_plus_generator(retriever_loss: torch.Tensor, generator_loss: torch.Tensor, log_prior: torch.Tensor
+                             ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The step's loss, mean_b (retriever term + the generator's own loss) ([B] each), and its metrics: both
+    terms (the ``LOSSES`` panel) and the prior's top-1 probability over the top K (``log_prior`` [B, K])."""
+    loss = (retriever_loss + generator_loss).mean()
+    return loss, {"loss": loss.item(), "retriever_loss": retriever_loss.mean().item(),
+                  "generator_loss": generator_loss.mean().item(),
+                  "prior_top1": log_prior.exp().max(-1).values.mean().item()}
+
+
 LOSSES = Panel("losses", "Retriever and generator terms", {
     "retriever_loss": "the retriever's term (marginal NLL or KL to its target), over the top K",
     "generator_loss": "the generator's own loss (concat or per-passage mean NLL)"})

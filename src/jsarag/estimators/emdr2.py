@@ -24,7 +24,15 @@ from dataclasses import dataclass
 import torch
 
 from jsarag.data import Batch
-from jsarag.estimators.base import LOSSES, GeneratorLoss, Stateless, generator_nll, prior_top_k, sequence_logprobs
+from jsarag.estimators.base import (
+    LOSSES,
+    GeneratorLoss,
+    Stateless,
+    generator_nll,
+    prior_top_k,
+    retriever_plus_generator,
+    sequence_logprobs,
+)
 
 
 @dataclass
@@ -61,7 +69,4 @@ class EMDR2(Stateless):
         retriever_loss = emdr2_retriever_nll(log_prior, seq_loglik)               # [B]
         # 4. The generator's own loss.
         generator_loss = generator_nll(generator, batch, passages, self.cfg.generator_loss, seq_loglik)
-        loss = (retriever_loss + generator_loss).mean()
-        return loss, {"loss": loss.item(), "retriever_loss": retriever_loss.mean().item(),
-                      "generator_loss": generator_loss.mean().item(),
-                      "prior_top1": log_prior.exp().max(-1).values.mean().item()}
+        return retriever_plus_generator(retriever_loss, generator_loss, log_prior)

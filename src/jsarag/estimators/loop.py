@@ -21,31 +21,25 @@ Deviations from the paper:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
-from jsarag.configtools import check_ranges, positive
 from jsarag.data import Batch
 from jsarag.estimators.base import (
     LOSSES,
-    GeneratorLoss,
     Stateless,
     distillation_kl,
     generator_nll,
     prior_top_k,
+    retriever_plus_generator,
     sequence_logprobs,
 )
+from jsarag.estimators.pdist import PDistConfig
 
 
 @dataclass
-class LOOPConfig:
-    reduction: Literal["mean", "sum"] = "mean"  # of log p_g over answer tokens, in the target
-    temperature: float = 1.0                    # tau of the target
-    generator_loss: GeneratorLoss = "concat"
-
-    def validate(self) -> None:
-        check_ranges(self, temperature=positive())
+class LOOPConfig(PDistConfig):
+    """PDist's options: the target's reduction over answer tokens and temperature, the generator's own loss."""
 
 
 def leave_one_out_contexts(passages: list[list]) -> list[list[list]]:
@@ -82,7 +76,4 @@ class LOOP(Stateless):
         retriever_loss = distillation_kl(log_target, log_prior)                       # [B]
         # 4. The generator's own loss.
         generator_loss = generator_nll(generator, batch, passages, self.cfg.generator_loss)
-        loss = (retriever_loss + generator_loss).mean()
-        return loss, {"loss": loss.item(), "retriever_loss": retriever_loss.mean().item(),
-                      "generator_loss": generator_loss.mean().item(),
-                      "prior_top1": log_prior.exp().max(-1).values.mean().item()}
+        return retriever_plus_generator(retriever_loss, generator_loss, log_prior)

@@ -32,6 +32,7 @@ from jsarag.estimators.base import (
     distillation_kl,
     generator_nll,
     prior_top_k,
+    retriever_plus_generator,
     sequence_logprobs,
 )
 
@@ -76,7 +77,4 @@ class PDist(Stateless):
         retriever_loss = distillation_kl(log_target, log_prior)                       # [B]
         # 4. The generator's own loss.
         generator_loss = generator_nll(generator, batch, passages, self.cfg.generator_loss, seq_sum)
-        loss = (retriever_loss + generator_loss).mean()
-        return loss, {"loss": loss.item(), "retriever_loss": retriever_loss.mean().item(),
-                      "generator_loss": generator_loss.mean().item(),
-                      "prior_top1": log_prior.exp().max(-1).values.mean().item()}
+        return retriever_plus_generator(retriever_loss, generator_loss, log_prior)

@@ -160,7 +160,8 @@ def run_comparison(config: str | Path, out: str | Path, *, seeds: list[int], met
     known = all_methods()
     plan = [(UNTRAINED, -1, []), *((m, s, known[m].overrides()) for s in seeds for m in [*methods, *BASELINES])]
     # Each method's settings; loading them first also fails early on a bad config, before hours of training.
-    expected = {m: settings_of(load_config(config, [*overrides, *extra])) for m, _, extra in plan}
+    extras = {m: extra for m, _, extra in plan}  # one config load per method, not per seed and method
+    expected = {m: settings_of(load_config(config, [*overrides, *extra])) for m, extra in extras.items()}
     paths = {(m, s): result_path(runs_dir, m, s) for m, s, _ in plan}
     if from_results:
         missing = [str(p) for p in paths.values() if not p.is_file()]
