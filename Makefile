@@ -22,10 +22,10 @@ quickstart: venv
 	$(VENV)/bin/jsarag quickstart --out runs/quickstart
 
 test: venv
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n auto --dist loadfile tests
 
 test-fast: venv
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not real and not slow" tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n auto --dist loadfile -m "not real and not slow" tests
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks

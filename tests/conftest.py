@@ -9,13 +9,24 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# Under pytest-xdist (`make test` runs one worker per core) each worker and the processes it starts get
+# their share of the cores, not all of them each.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _model_cache(tmp_path_factory):
-    """Built-in models are built once per session into a private cache (SmolLM2's conversion takes
-    ~20 s). JSARAG_TEST_CACHE=~/.cache/jsarag reuses a cache across sessions instead."""
+    """Built-in models are built once per test run into a private cache (SmolLM2's conversion takes
+    20-60 s), shared by the xdist workers (the build holds a file lock; the others wait for it).
+    JSARAG_TEST_CACHE=~/.cache/jsarag reuses a cache across runs instead."""
     if "JSARAG_TEST_CACHE" in os.environ:
         os.environ["JSARAG_CACHE"] = os.environ["JSARAG_TEST_CACHE"]
     elif "JSARAG_CACHE" not in os.environ:
-        os.environ["JSARAG_CACHE"] = str(tmp_path_factory.mktemp("jsarag-cache"))
+        root = tmp_path_factory.getbasetemp()
+        if "PYTEST_XDIST_WORKER" in os.environ:
+            root = root.parent  # the run's folder, above each worker's own
+        (root / "jsarag-cache").mkdir(exist_ok=True)
+        os.environ["JSARAG_CACHE"] = str(root / "jsarag-cache")
     yield

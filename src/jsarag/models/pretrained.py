@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from filelock import FileLock
 
 from jsarag.errors import ModelNotFoundError
 
@@ -139,6 +140,14 @@ def _materialise(name: str, build: Callable[[Path], None], provenance: str) -> P
     if (target / "jsarag_provenance.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    # One build per cache: other processes (DDP ranks, parallel test workers) wait for it, then reuse it.
+    with FileLock(str(target.parent / f".{name}.lock")):
+        if (target / "jsarag_provenance.json").is_file():
+            return target
+        return _build_into(target, name, build, provenance)
+
+
+def _build_into(target: Path, name: str, build: Callable[[Path], None], provenance: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
     try:
         with torch.random.fork_rng():  # building must not depend on, or disturb, the run's RNG stream
