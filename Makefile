@@ -4,6 +4,8 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 STAMP   = $(VENV)/.installed
+# One pytest-xdist worker per core; a file's tests stay together on one worker.
+PYTEST  = HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n auto --dist loadfile
 
 .PHONY: venv quickstart test test-fast lint clean
 
@@ -22,10 +24,10 @@ quickstart: venv
 	$(VENV)/bin/jsarag quickstart --out runs/quickstart
 
 test: venv
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n auto --dist loadfile tests
+	$(PYTEST) tests
 
 test-fast: venv
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n auto --dist loadfile -m "not real and not slow" tests
+	$(PYTEST) -m "not real and not slow" tests
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -156,7 +156,8 @@ def _build_into(target: Path, name: str, build: Callable[[Path], None], provenan
         try:
             os.rename(tmp, target)
         except OSError:
-            # Another process (e.g. a second DDP rank) finished first; its copy is identical.
+            # Another process finished first (where the file lock is not honoured, e.g. some network
+            # filesystems); its copy is identical.
             if not (target / "jsarag_provenance.json").is_file():
                 raise
     finally:
