@@ -110,9 +110,10 @@ def train(config: Path = typer.Argument(..., help="YAML config."),
           overrides: Optional[list[str]] = OVERRIDES):
     """Train with the configured estimator; evaluates on the dev split at the end."""
     from jsarag.config import load_config
+
+    cfg = load_config(config, overrides)  # a mistake in the config is reported before the training code loads
     from jsarag.train.loop import train as run_training
 
-    cfg = load_config(config, overrides)
     final = run_training(cfg, out, resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(f"final checkpoint: {final}")
@@ -217,10 +218,11 @@ def compare(config: Path = typer.Argument(..., help="Dataset config (e.g. config
     from rich.console import Console
     from rich.markdown import Markdown
 
-    from jsarag.study.compare import results_table, run_study
     from jsarag.study.methods import choose_methods, choose_reference
 
-    chosen = choose_methods(methods)
+    chosen = choose_methods(methods)  # an unknown method is reported before the study code loads
+    from jsarag.study.compare import results_table, run_study
+
     results = run_study(config, name=name, out=out, seeds=[int(s) for s in seeds.split(",") if s], methods=chosen,
                         reference=choose_reference(chosen, reference), variance_draws=variance_draws,
                         signal_examples=signal_examples, report_dir=report_dir, overrides=list(overrides or []),

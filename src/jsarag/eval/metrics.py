@@ -35,7 +35,6 @@ from collections import Counter
 from collections.abc import Sequence
 from functools import lru_cache
 
-from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU
 
 __all__ = [
@@ -221,7 +220,11 @@ def bleu(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dic
 
 
 @lru_cache(maxsize=1)
-def _rouge_scorer() -> rouge_scorer.RougeScorer:
+def _rouge_scorer():
+    # Imported here: rouge_score imports nltk, which imports scipy and scikit-learn (~3 s of every command's
+    # start on a slow CPU); only the commands that compute ROUGE pay for it.
+    from rouge_score import rouge_scorer
+
     return rouge_scorer.RougeScorer(list(_ROUGE_TYPES), use_stemmer=True)
 
 
