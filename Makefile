@@ -4,8 +4,9 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 STAMP   = $(VENV)/.installed
-# One pytest-xdist worker per core; a file's tests stay together on one worker.
-PYTEST  = HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n auto --dist loadfile
+# One pytest-xdist worker per core; a file's tests stay together on one worker, and files start in the order
+# tests/conftest.py gives them (the longest first).
+PYTEST  = HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
 
 .PHONY: venv quickstart test test-fast lint clean
 
