@@ -4,6 +4,7 @@ files alone without training anything."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -49,6 +50,29 @@ def test_a_run_result_round_trips_through_its_file_to_six_significant_digits(tmp
     assert back.settings == result.settings  # compared exactly, so never rounded
     assert back.to_json() == path.read_text()  # what was read writes the same bytes
     assert [p.name for p in path.parent.iterdir()] == ["jsa_sum.json"]  # no temporary file left
+
+
+def test_what_was_not_measured_is_null_in_a_strict_json_file_and_nan_again_when_read(tmp_path):
+    result = a_result()
+    result.summary["bleu4"] = math.nan
+    result.per_question["f1"]["q2"] = math.nan
+    result.signal["prior_top1"] = math.nan
+    result.curves[1]["accept_rate"] = math.nan
+    path = tmp_path / "jsa_sum.json"
+    save_result(path, result)
+
+    def no_constants(name):
+        raise AssertionError(f"{name} is not JSON")
+
+    data = json.loads(path.read_text(), parse_constant=no_constants)  # what jq or a browser would read
+    assert data["step_spread"] is None and data["summary"]["bleu4"] is None
+    assert data["per_question"]["f1"]["q2"] is None and data["signal"]["prior_top1"] is None
+    back = load_result(path)
+    assert math.isnan(back.step_spread) and math.isnan(back.summary["bleu4"])
+    assert math.isnan(back.per_question["f1"]["q2"]) and math.isnan(back.signal["prior_top1"])
+    assert back.per_question["f1"]["q1"] == 1.0 and back.summary["examples"] == 3
+    assert back.curves[1] == {"step": 2, "loss": 0.25, "accept_rate": None}  # the curves' readers skip None
+    assert back.to_json() == path.read_text()
 
 
 def test_a_file_that_is_no_result_is_one_clear_error(tmp_path):

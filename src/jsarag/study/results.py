@@ -8,9 +8,9 @@ A run's file is its ``RunResult`` (``to_json`` / ``from_json``): the evaluation 
 scores that the paired bootstrap resamples, step-time statistics, peak memory, the log headers (precision
 and hardware of each start), the learning signal, the metrics curve restricted to the keys the report reads,
 and ``settings``: the resolved config the run trained with (``settings_of``). Measured values are kept to 6
-significant digits. A file takes about 2.5 KB of settings, 120 bytes per evaluation question (three scores
-under a 24-character id) and 27 bytes per training step and curve key (11 keys for JSA): with 150 questions, 24
-JSA steps make 28 KB, 1,000 steps 320 KB.
+significant digits; a value that was not measured is null (strict JSON has no NaN). A file takes about 2.5 KB
+of settings, 120 bytes per evaluation question (three scores under a 24-character id) and 27 bytes per training
+step and curve key (11 keys for JSA): with 150 questions, 24 JSA steps make 28 KB, 1,000 steps 320 KB.
 
 Each machine that runs some of a comparison's seeds commits its files; the report is rebuilt from all of
 them. A file from other settings is refused (``check``) with a line that names it and what differs.
@@ -51,27 +51,45 @@ class RunResult:
     settings: dict[str, Any] = field(default_factory=dict)  # settings_of() the config it ran with
 
     def to_json(self) -> str:
+        """Strict JSON (readable by any JSON parser, jq or a browser): a value that was not measured (NaN) is
+        written as null."""
         data = asdict(self)
         for name in MEASURED:
             data[name] = _rounded(data[name])
-        return json.dumps(data, indent=1) + "\n"
+        return json.dumps(data, indent=1, allow_nan=False) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> RunResult:
-        return cls(**json.loads(text))
+        data = json.loads(text)
+        if isinstance(data, dict):  # null back to NaN where the fields hold numbers (the curves keep None)
+            for name in NOT_MEASURED_IS_NAN:
+                if name in data:
+                    data[name] = _nan_for_null(data[name])
+        return cls(**data)
 
 
 MEASURED = tuple(f.name for f in fields(RunResult) if f.name not in ("method", "seed", "headers", "settings"))
+# The measured fields whose values are numbers (or dicts of them): a null read from a file is NaN again.
+NOT_MEASURED_IS_NAN = ("summary", "per_question", "seconds_per_100_steps", "median_seconds_per_100_steps",
+                       "step_spread", "peak_memory_mib", "signal")
 
 
 def _rounded(value: Any) -> Any:
-    """``value`` with every float kept to ``SIGNIFICANT_DIGITS`` (NaN stays NaN)."""
+    """``value`` with every float kept to ``SIGNIFICANT_DIGITS``, and NaN (not measured) as None."""
     if isinstance(value, float):
-        return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+        return None if math.isnan(value) else float(f"{value:.{SIGNIFICANT_DIGITS}g}")
     if isinstance(value, dict):
         return {k: _rounded(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_rounded(v) for v in value]
+    return value
+
+
+def _nan_for_null(value: Any) -> Any:
+    if value is None:
+        return math.nan
+    if isinstance(value, dict):
+        return {k: _nan_for_null(v) for k, v in value.items()}
     return value
 
 
