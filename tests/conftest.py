@@ -16,12 +16,13 @@ if _WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
 
-# The files that take longest, longest first (per-file seconds under `make test`, measured on a 2-core AVX2-only
-# EPYC: about 210, 165, 135, 95, 90, 55, 40 and 35; every other file takes under 15). `make test` hands whole
-# files to its workers in collection order (`--dist loadfile --no-loadscope-reorder`), so the long ones start
-# first and the run ends on short files, not on one long file while the other cores idle.
-LONGEST_FIRST = ("test_real_models.py", "test_benchmarks_smoke.py", "test_cli.py", "test_resume_and_distributed.py",
-                 "test_checkpoint_integrity.py", "test_study.py", "test_safety.py", "test_gradients.py")
+# The files that take longest, longest first (per-file seconds under `make test` with 2 workers, on a 2-core
+# AVX2-only EPYC: about 280, 180, 150, 85, 80, 70, 60 and 50; every other file takes under 25). `make test` hands
+# whole files to its workers in collection order (`--dist loadfile --no-loadscope-reorder`), so the long ones
+# start first and the run ends on short files, not on one long file while the other cores idle.
+LONGEST_FIRST = ("test_benchmarks_smoke.py", "test_cli.py", "test_resume_and_distributed.py",
+                 "test_checkpoint_integrity.py", "test_study.py", "test_safety.py", "test_real_models.py",
+                 "test_gradients.py")
 
 
 def pytest_collection_modifyitems(items):

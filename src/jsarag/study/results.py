@@ -70,8 +70,7 @@ class RunResult:
 
 MEASURED = tuple(f.name for f in fields(RunResult) if f.name not in ("method", "seed", "headers", "settings"))
 # The measured fields whose values are numbers (or dicts of them): a null read from a file is NaN again.
-NOT_MEASURED_IS_NAN = ("summary", "per_question", "seconds_per_100_steps", "median_seconds_per_100_steps",
-                       "step_spread", "peak_memory_mib", "signal")
+NOT_MEASURED_IS_NAN = tuple(name for name in MEASURED if name != "curves")
 
 
 def _rounded(value: Any) -> Any:
