@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 
@@ -160,13 +161,20 @@ def test_running_variance_matches_torch():
     for _ in range(3):
         constant.add(torch.ones(4))
     assert constant.log_total_variance() == float("-inf")
+    broken = RunningVariance()
+    for x in (torch.ones(4), torch.full((4,), math.nan)):
+        broken.add(x)
+    assert math.isnan(broken.log_total_variance())  # not "not sampled"
 
 
 def test_variance_table_says_deterministic_instead_of_printing_noise():
     rows = format_variance({"rag_sequence": dict.fromkeys(("prior", "posterior", "generator"), "deterministic"),
-                            "jsa_sum": {"prior": 1.234, "posterior": -2.0, "generator": float("-inf")}})
+                            "jsa_sum": {"prior": 1.234, "posterior": -2.0, "generator": "not sampled"},
+                            "vrag_sampled": {"prior": float("-inf"), "posterior": None, "generator": 0.5}})
     assert rows[2] == "| rag_sequence | 0 (deterministic) | 0 (deterministic) | 0 (deterministic) |"
     assert rows[3] == "| jsa_sum | 1.23 | -2.00 | 0 (not sampled) |"
+    # -inf: a table cached before "not sampled"; None: a gradient that was not finite, saved as null
+    assert rows[4] == "| vrag_sampled | 0 (not sampled) | not finite | 0.50 |"
 
 
 @pytest.mark.slow
@@ -179,7 +187,8 @@ def test_variance_command_on_tiny_models(tmp_path):
     assert out["rag_sequence"]["prior"] == "deterministic"
     for method in ("jsa_sum", "vrag_sampled"):
         for part in ("prior", "posterior", "generator"):
-            assert math.isfinite(out[method][part]) or out[method][part] == float("-inf")
+            assert out[method][part] == "not sampled" or math.isfinite(out[method][part])
+    json.dumps(out, allow_nan=False)  # what variance.json is written from: strict JSON
     # Redrawing JSA's proposals and uniforms changes its gradient: its variance is not zero.
     assert math.isfinite(out["jsa_sum"]["generator"])
 
@@ -279,3 +288,14 @@ def test_cached_json_computes_once_per_key(tmp_path):
     assert cached_json(path, compute, key={"n": 1}) == {"x": 1}  # read back, not recomputed
     assert cached_json(path, compute, key={"n": 2}) == {"x": 2}  # another key: recomputed
     assert len(calls) == 2 and not list(path.parent.glob("*.tmp"))
+
+
+def test_cached_json_is_strict_json_and_returns_what_it_saved(tmp_path):
+    from jsarag.study.compare import cached_json
+
+    path = tmp_path / "c.json"
+    value = {"recall": float("nan"), "variance": [float("-inf"), 1.5], "n": 3, "text": "not sampled"}
+    first = cached_json(path, lambda: value, key={"n": 1})
+    saved = json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in {path}"))
+    assert saved["value"] == {"recall": None, "variance": [None, 1.5], "n": 3, "text": "not sampled"}
+    assert first == saved["value"] == cached_json(path, lambda: pytest.fail("recomputed"), key={"n": 1})

@@ -157,11 +157,24 @@ def read_cached(path: Path, key: object = None):
     return None
 
 
+def _finite_or_null(value: Any) -> Any:
+    """``value`` with every float that is not finite (NaN, an infinity) as None: strict JSON has none of them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
 def cached_json(path: Path, compute, key: object = None):
-    """``compute()``, saved as JSON in ``path`` and read back on later calls with the same ``key``
-    (diagnostics of finished runs do not change; a study's report can be re-rendered in seconds)."""
+    """``compute()``, saved as strict JSON in ``path`` and read back on later calls with the same ``key``
+    (diagnostics of finished runs do not change; a study's report can be re-rendered in seconds). A value that is
+    not finite is saved as null, and the first call returns what later ones read: the saved value."""
     value = read_cached(path, key)
     if value is None:
-        value = compute()
-        write_atomic(path, json.dumps({"key": key, "value": value}, indent=2))
+        text = json.dumps(_finite_or_null({"key": key, "value": compute()}), indent=2, allow_nan=False)
+        write_atomic(path, text)
+        value = json.loads(text)["value"]
     return value

@@ -23,6 +23,7 @@ from jsarag.study.methods import all_methods
 from jsarag.train import distributed as dist
 
 PARTS = ("prior", "posterior", "generator")
+NOT_SAMPLED = "not sampled"  # a component whose gradient was the same at every redraw
 
 
 class RunningVariance:
@@ -42,9 +43,10 @@ class RunningVariance:
         self.m2 += delta * (x - self.mean)
 
     def log_total_variance(self) -> float:
-        """log of the summed unbiased per-coordinate variance (-inf if it is exactly zero)."""
+        """log of the summed unbiased per-coordinate variance (-inf if it is exactly zero, NaN if a gradient was
+        not finite)."""
         total = (self.m2 / (self.n - 1)).sum().item()
-        return math.log(total) if total > 0 else float("-inf")
+        return math.log(total) if total > 0 else (float("-inf") if total == 0 else math.nan)
 
 
 def _flat_grad(module: torch.nn.Module) -> torch.Tensor:
@@ -55,7 +57,7 @@ def _flat_grad(module: torch.nn.Module) -> torch.Tensor:
 
 def gradient_variance(config: str | Path, overrides: list[str], methods: list[str], *, draws: int = 20,
                       batch_size: int = 4, seed: int = 0, progress: bool = True) -> dict[str, dict]:
-    """{method: {component: log summed variance, or the string 'deterministic'}}."""
+    """{method: {component: log summed variance, or 'deterministic' (the whole estimator), or NOT_SAMPLED}}."""
     run = load_run(config, overrides, progress=progress)
     batch = Batch.from_examples(run.split("train", limit=batch_size))
     model = run.model
@@ -78,8 +80,14 @@ def gradient_variance(config: str | Path, overrides: list[str], methods: list[st
             loss.backward()
             for part in PARTS:
                 stats[part].add(_flat_grad(model.component(part)).cpu())
-        results[method] = {part: stats[part].log_total_variance() for part in PARTS}
+        results[method] = {part: _cell(stats[part].log_total_variance()) for part in PARTS}
     return results
+
+
+def _cell(log_variance: float) -> float | str:
+    """A component's log variance, or ``NOT_SAMPLED`` where its gradient did not vary over the redraws (a
+    component the estimator does not train, or trains without sampling); JSON has no -inf."""
+    return NOT_SAMPLED if log_variance == float("-inf") else log_variance
 
 
 def format_variance(results: dict[str, dict]) -> list[str]:
@@ -89,7 +97,13 @@ def format_variance(results: dict[str, dict]) -> list[str]:
         cells = []
         for part in PARTS:
             value = parts[part]
-            cells.append("0 (deterministic)" if value == "deterministic"
-                         else ("0 (not sampled)" if value == float("-inf") else f"{value:.2f}"))
+            if value == "deterministic":
+                cells.append("0 (deterministic)")
+            elif value in (NOT_SAMPLED, float("-inf")):  # -inf: a table saved before NOT_SAMPLED
+                cells.append("0 (not sampled)")
+            elif value is None or math.isnan(value):  # a gradient that was not finite (saved as null)
+                cells.append("not finite")
+            else:
+                cells.append(f"{value:.2f}")
         rows.append(f"| {method} | " + " | ".join(cells) + " |")
     return rows
