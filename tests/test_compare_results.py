@@ -75,6 +75,38 @@ def test_what_was_not_measured_is_null_in_a_strict_json_file_and_nan_again_when_
     assert back.to_json() == path.read_text()
 
 
+def test_an_infinite_value_is_null_in_the_file_and_an_infinite_setting_is_kept_and_compared(tmp_path):
+    """A skipped fp16 step logs an infinite gradient norm; ``optim.max_grad_norm: inf`` means no clipping. Neither
+    may stop the result file from being written, nor the file from being accepted by the comparison it came from."""
+    result = a_result()
+    result.curves[1]["grad_norm/prior"] = math.inf
+    result.signal["prior_top1"] = -math.inf
+    cfg = load_config(REPO / "configs" / "tiny.yaml", ["optim.max_grad_norm=inf"])
+    result.settings = settings_of(cfg)
+    assert result.settings["optim.max_grad_norm"] == "inf"
+    path = tmp_path / "jsa_sum.json"
+    save_result(path, result)
+    data = json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in {path}"))
+    assert data["curves"][1]["grad_norm/prior"] is None and data["signal"]["prior_top1"] is None
+    back = check(load_result(path), method="jsa_sum", seed=2, settings=settings_of(cfg), source=path)
+    assert math.isnan(back.signal["prior_top1"]) and back.curves[1]["grad_norm/prior"] is None
+    with pytest.raises(UserError, match=r"optim.max_grad_norm='inf' \(here 1.0\)"):
+        check(back, method="jsa_sum", seed=2, settings=settings_of(load_config(REPO / "configs" / "tiny.yaml")),
+              source=path)
+
+
+def test_one_variance_redraw_is_refused_before_anything_trains(tmp_path, monkeypatch):
+    from jsarag.study.variance import gradient_variance
+
+    monkeypatch.setattr(compare, "run_comparison", lambda *a, **k: pytest.fail("trained first"))
+    with pytest.raises(UserError, match="--variance-draws 1: a variance needs at least 2"):
+        compare.run_study(REPO / "configs" / "tiny.yaml", name="t", out=tmp_path / "out", seeds=[0],
+                          methods=["jsa_sum"], reference="jsa_sum", variance_draws=1, signal_examples=0,
+                          report_dir=tmp_path / "docs", overrides=[])
+    with pytest.raises(UserError, match="1 redraw"):
+        gradient_variance(REPO / "configs" / "tiny.yaml", [], ["jsa_sum"], draws=1)
+
+
 def test_a_file_that_is_no_result_is_one_clear_error(tmp_path):
     path = tmp_path / "untrained.json"
     path.write_text('{"method": "untrained"}')

@@ -8,6 +8,7 @@ of ``configs/tiny.yaml``; the rest call the library in this process, which is fa
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -269,3 +270,18 @@ def test_resume_keeps_metrics_written_before_a_line_torn_by_a_kill(tmp_path):
     logger.close()
     assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path)] == [(1, 1.0), (2, 2.0), (3, 30.0)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
+
+
+def test_metrics_lines_are_strict_json_when_a_value_is_not_finite(tmp_path):
+    """An overflowing step logs an infinite gradient norm (and skipped_nonfinite): the line must stay JSON that any
+    parser reads (no Infinity or NaN constants), with null for the value."""
+    from jsarag.train.logger import RunLogger
+
+    logger = RunLogger(tmp_path, enabled=True, tensorboard=False)
+    logger.log(1, {"loss": math.nan, "grad_norm/prior": math.inf, "grad_norm/generator": -math.inf,
+                   "skipped_nonfinite": 1, "seconds": 0.5})
+    logger.close()
+    line = (tmp_path / "metrics.jsonl").read_text()
+    assert json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in {line}")) == {
+        "step": 1, "loss": None, "grad_norm/prior": None, "grad_norm/generator": None, "skipped_nonfinite": 1,
+        "seconds": 0.5}

@@ -287,7 +287,7 @@ def test_cached_json_computes_once_per_key(tmp_path):
     assert cached_json(path, compute, key={"n": 1}) == {"x": 1}
     assert cached_json(path, compute, key={"n": 1}) == {"x": 1}  # read back, not recomputed
     assert cached_json(path, compute, key={"n": 2}) == {"x": 2}  # another key: recomputed
-    assert len(calls) == 2 and not list(path.parent.glob("*.tmp"))
+    assert len(calls) == 2 and not list(path.parent.glob(".*"))  # no temporary file left
 
 
 def test_cached_json_is_strict_json_and_returns_what_it_saved(tmp_path):

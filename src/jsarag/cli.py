@@ -239,13 +239,15 @@ def variance(config: Path = typer.Argument(..., help="Dataset config."),
              out: Optional[Path] = typer.Option(None, help="Write the results as JSON here."),
              overrides: Optional[list[str]] = OVERRIDES):
     """Gradient variance per component at fixed parameters and a fixed mini-batch."""
+    from jsarag.fileio import write_text_atomic
     from jsarag.study.methods import choose_methods
+    from jsarag.study.results import finite_or_null
     from jsarag.study.variance import format_variance, gradient_variance
 
     chosen = choose_methods(methods)
     results = gradient_variance(config, list(overrides or []), chosen, draws=draws, batch_size=batch_size)
     if out is not None:
-        out.write_text(json.dumps(results, indent=2))
+        write_text_atomic(out, json.dumps(finite_or_null(results), indent=2, allow_nan=False))
     typer.echo("\n".join(format_variance(results)))
 
 

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from jsarag.config import EvalConfig
 from jsarag.data import Batch, Example
 from jsarag.eval.metrics import generation_metrics, retrieval_metrics
+from jsarag.fileio import write_text_atomic
 from jsarag.models.rag import RAGModel
 from jsarag.train.distributed import autocast
 
@@ -88,15 +89,10 @@ def write_result(result: EvalResult, out_dir: str | Path) -> None:
     """predictions.jsonl and summary.json in ``out_dir``, each written to a temporary name first."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_text(out_dir / "predictions.jsonl",
+    write_text_atomic(out_dir / "predictions.jsonl",
                 "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in result.predictions))
-    _write_text(out_dir / "summary.json", json.dumps(result.summary, indent=2))
+    write_text_atomic(out_dir / "summary.json", json.dumps(result.summary, indent=2))
 
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 SUMMARY_KEYS = ("em", "f1", "bleu1", "bleu4", "rouge1", "rouge2", "rougeL", "recall@1", "recall@5",

@@ -29,6 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jsarag.errors import IndexMismatchError
+from jsarag.fileio import write_text_atomic
 
 META_FILE = "vectors.json"
 SHARD_ROWS = 65_536  # 48 MiB of float16 at 384 dimensions: the work lost to a kill, at most, per process
@@ -221,9 +222,7 @@ def read_meta(path: Path) -> VectorsMeta | None:
 
 
 def write_meta(path: Path, meta: VectorsMeta) -> None:
-    tmp = Path(path) / f".{META_FILE}.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(asdict(meta), indent=2))
-    os.replace(tmp, Path(path) / META_FILE)
+    write_text_atomic(Path(path) / META_FILE, json.dumps(asdict(meta), indent=2))
 
 
 def encode_shards(store: VectorStore, corpus, encoder, *, rank: int = 0, world: int = 1, batch_size: int = 64,

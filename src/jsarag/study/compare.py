@@ -513,6 +513,8 @@ def run_study(config: str | Path, *, name: str, out: str | Path, seeds: list[int
     """`jsarag compare`: the runs (trained, collected or read from their files), the variance table, then
     REPORT_DIR/NAME.md and its plots in REPORT_DIR/NAME/. Returns the results the page shows."""
     out, report_dir = Path(out), Path(report_dir)
+    if variance_draws == 1:  # refused before the training, not after it
+        raise UserError("--variance-draws 1: a variance needs at least 2 redraws (0 leaves the table out)")
     folder = report_dir / name
     results = run_comparison(config, out, seeds=seeds, methods=methods, overrides=overrides,
                              runs_dir=folder / "runs", signal_examples=signal_examples, from_results=from_results)

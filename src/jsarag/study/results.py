@@ -8,9 +8,10 @@ A run's file is its ``RunResult`` (``to_json`` / ``from_json``): the evaluation 
 scores that the paired bootstrap resamples, step-time statistics, peak memory, the log headers (precision
 and hardware of each start), the learning signal, the metrics curve restricted to the keys the report reads,
 and ``settings``: the resolved config the run trained with (``settings_of``). Measured values are kept to 6
-significant digits; a value that was not measured is null (strict JSON has no NaN). A file takes about 2.5 KB
-of settings, 120 bytes per evaluation question (three scores under a 24-character id) and 27 bytes per training
-step and curve key (11 keys for JSA): with 150 questions, 24 JSA steps make 28 KB, 1,000 steps 320 KB.
+significant digits; a value that was not measured or is not finite is null (strict JSON has neither NaN nor
+infinities). A file takes about 2.5 KB of settings, 120 bytes per evaluation question (three scores under a
+24-character id) and 27 bytes per training step and curve key (11 keys for JSA): with 150 questions, 24 JSA steps
+make 28 KB, 1,000 steps 320 KB.
 
 Each machine that runs some of a comparison's seeds commits its files; the report is rebuilt from all of
 them. A file from other settings is refused (``check``) with a line that names it and what differs.
@@ -26,6 +27,7 @@ from typing import Any
 
 from jsarag.configtools import flatten, to_dict
 from jsarag.errors import UserError
+from jsarag.fileio import write_text_atomic
 from jsarag.study.methods import UNTRAINED
 
 # Config keys that may differ between the runs of one report: the seed by design, the others say where files go
@@ -51,8 +53,8 @@ class RunResult:
     settings: dict[str, Any] = field(default_factory=dict)  # settings_of() the config it ran with
 
     def to_json(self) -> str:
-        """Strict JSON (readable by any JSON parser, jq or a browser): a value that was not measured (NaN) is
-        written as null."""
+        """Strict JSON (readable by any JSON parser, jq or a browser): a value that was not measured (NaN) or not
+        finite is written as null."""
         data = asdict(self)
         for name in MEASURED:
             data[name] = _rounded(data[name])
@@ -74,9 +76,10 @@ NOT_MEASURED_IS_NAN = tuple(name for name in MEASURED if name != "curves")
 
 
 def _rounded(value: Any) -> Any:
-    """``value`` with every float kept to ``SIGNIFICANT_DIGITS``, and NaN (not measured) as None."""
+    """``value`` with every float kept to ``SIGNIFICANT_DIGITS``, and one that is not finite (NaN: not measured;
+    an infinity, e.g. the gradient norm of a step skipped for overflowing) as None."""
     if isinstance(value, float):
-        return None if math.isnan(value) else float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+        return float(f"{value:.{SIGNIFICANT_DIGITS}g}") if math.isfinite(value) else None
     if isinstance(value, dict):
         return {k: _rounded(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -96,8 +99,14 @@ def settings_of(cfg) -> dict[str, Any]:
     """What a run trains (or is evaluated) with: its resolved config as dotted keys, less ``NOT_COMPARED`` and the
     options of the estimators it does not use (so that registering another estimator changes nothing)."""
     used = f"estimator.{cfg.estimator.name}."
-    return {key: value for key, value in flatten(to_dict(cfg)).items() if key not in NOT_COMPARED
+    return {key: _json_safe(value) for key, value in flatten(to_dict(cfg)).items() if key not in NOT_COMPARED
             and (not key.startswith("estimator.") or key.count(".") == 1 or key.startswith(used))}
+
+
+def _json_safe(value: Any) -> Any:
+    """A setting as strict JSON holds it and reads it back equal: a float that is not finite (e.g.
+    ``optim.max_grad_norm: inf``, no clipping) as its name, 'inf'."""
+    return repr(value) if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _run_name(method: str, seed: int) -> str:
@@ -129,16 +138,8 @@ def result_path(runs_dir: Path, method: str, seed: int) -> Path:
     return runs_dir / f"{UNTRAINED}.json" if method == UNTRAINED else runs_dir / f"seed{seed}" / f"{method}.json"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """``text`` into ``path`` whole or not at all: a kill while writing leaves the previous file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def save_result(path: Path, result: RunResult) -> None:
-    write_atomic(path, result.to_json())
+    write_text_atomic(path, result.to_json())
 
 
 def load_result(path: Path) -> RunResult:
@@ -157,14 +158,14 @@ def read_cached(path: Path, key: object = None):
     return None
 
 
-def _finite_or_null(value: Any) -> Any:
+def finite_or_null(value: Any) -> Any:
     """``value`` with every float that is not finite (NaN, an infinity) as None: strict JSON has none of them."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite_or_null(v) for k, v in value.items()}
+        return {k: finite_or_null(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite_or_null(v) for v in value]
+        return [finite_or_null(v) for v in value]
     return value
 
 
@@ -174,7 +175,7 @@ def cached_json(path: Path, compute, key: object = None):
     not finite is saved as null, and the first call returns what later ones read: the saved value."""
     value = read_cached(path, key)
     if value is None:
-        text = json.dumps(_finite_or_null({"key": key, "value": compute()}), indent=2, allow_nan=False)
-        write_atomic(path, text)
+        text = json.dumps(finite_or_null({"key": key, "value": compute()}), indent=2, allow_nan=False)
+        write_text_atomic(path, text)
         value = json.loads(text)["value"]
     return value

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from jsarag.config import load_config
 from jsarag.data import Batch
+from jsarag.errors import UserError
 from jsarag.estimators import build_estimator
 from jsarag.pipeline import load_run
 from jsarag.study.methods import all_methods
@@ -58,6 +59,8 @@ def _flat_grad(module: torch.nn.Module) -> torch.Tensor:
 def gradient_variance(config: str | Path, overrides: list[str], methods: list[str], *, draws: int = 20,
                       batch_size: int = 4, seed: int = 0, progress: bool = True) -> dict[str, dict]:
     """{method: {component: log summed variance, or 'deterministic' (the whole estimator), or NOT_SAMPLED}}."""
+    if draws < 2:
+        raise UserError(f"{draws} redraw(s): a variance needs at least 2")
     run = load_run(config, overrides, progress=progress)
     batch = Batch.from_examples(run.split("train", limit=batch_size))
     model = run.model

@@ -39,14 +39,15 @@ import torch
 
 from jsarag.config import Config, save_config
 from jsarag.errors import CorruptCheckpointError
+from jsarag.fileio import write_text_atomic
 from jsarag.train.distributed import is_main_process
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 MANIFEST = "manifest.json"
 _STEP = re.compile(r"step_\d{7}")
-# The names tempfile gives the temporary checkpoint folders and ``latest`` files below (8 random characters),
-# and those of checkpoints being deleted (see _remove).
+# The names of the temporary checkpoint folders (tempfile's) and ``latest`` files (write_text_atomic's), 8 random
+# characters after the name, and those of checkpoints being deleted (see _remove).
 _TEMPORARY = re.compile(r"\.(step_\d{7}|latest)\.[a-z0-9_]{8}")
 
 
@@ -80,18 +81,9 @@ def save_checkpoint(run_dir: Path, step: int, *, model, optimizer, scheduler, es
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _verified[final.resolve()] = {name: _stat(final / name) for name in manifest}  # loading it hashes nothing
-    _write_atomic(root / LATEST, final.name)
+    write_text_atomic(root / LATEST, final.name)
     _prune(root, keep)
     return final
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _prune(root: Path, keep: int) -> None:

@@ -55,7 +55,9 @@ class RunLogger:
     def log(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return
-        record = {"step": step, **{k: (None if isinstance(v, float) and math.isnan(v) else v)
+        # JSON lines any parser reads: a value that is not finite (NaN; an infinity, e.g. the gradient norm of a step
+        # skipped for overflowing, flagged by skipped_nonfinite) is null
+        record = {"step": step, **{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                                    for k, v in values.items()}}
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
