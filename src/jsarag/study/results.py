@@ -57,7 +57,7 @@ class RunResult:
         finite is written as null."""
         data = asdict(self)
         for name in MEASURED:
-            data[name] = _rounded(data[name])
+            data[name] = finite_or_null(data[name], digits=SIGNIFICANT_DIGITS)
         return json.dumps(data, indent=1, allow_nan=False) + "\n"
 
     @classmethod
@@ -73,18 +73,6 @@ class RunResult:
 MEASURED = tuple(f.name for f in fields(RunResult) if f.name not in ("method", "seed", "headers", "settings"))
 # The measured fields whose values are numbers (or dicts of them): a null read from a file is NaN again.
 NOT_MEASURED_IS_NAN = tuple(name for name in MEASURED if name != "curves")
-
-
-def _rounded(value: Any) -> Any:
-    """``value`` with every float kept to ``SIGNIFICANT_DIGITS``, and one that is not finite (NaN: not measured;
-    an infinity, e.g. the gradient norm of a step skipped for overflowing) as None."""
-    if isinstance(value, float):
-        return float(f"{value:.{SIGNIFICANT_DIGITS}g}") if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_rounded(v) for v in value]
-    return value
 
 
 def _nan_for_null(value: Any) -> Any:
@@ -158,14 +146,18 @@ def read_cached(path: Path, key: object = None):
     return None
 
 
-def finite_or_null(value: Any) -> Any:
-    """``value`` with every float that is not finite (NaN, an infinity) as None: strict JSON has none of them."""
+def finite_or_null(value: Any, digits: int | None = None) -> Any:
+    """``value`` with every float that is not finite (NaN: not measured; an infinity, e.g. the gradient norm of a
+    step skipped for overflowing) as None, as strict JSON needs; with ``digits``, the others kept to that many
+    significant digits."""
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        if not math.isfinite(value):
+            return None
+        return value if digits is None else float(f"{value:.{digits}g}")
     if isinstance(value, dict):
-        return {k: finite_or_null(v) for k, v in value.items()}
+        return {k: finite_or_null(v, digits) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [finite_or_null(v) for v in value]
+        return [finite_or_null(v, digits) for v in value]
     return value
 
 
