@@ -319,10 +319,11 @@ def random_weights_copy(name: str, causal_lm: bool, seed: int) -> str:
 
 
 def build_rag(corpus, *, retriever: str, generator: str, max_passage_tokens: int, lora: bool = True, seed: int = 0,
-              vectors=None, random_weights: bool = False):
+              vectors=None, random_weights: bool = False, temperature: float | None = None):
     """The RAG model as the training loop builds it (``jsarag.pipeline.build_model``, seeded first: LoRA
     initialises randomly) with a Flat index over ``corpus``: passages encoded by the frozen passage encoder
-    under the resolved ``auto`` precision, or ``vectors`` when given (that encoding, saved by a parent process)."""
+    under the resolved ``auto`` precision, or ``vectors`` when given (that encoding, saved by a parent process).
+    ``temperature``: the retriever's (``retriever.temperature``; default the config's)."""
     import torch
 
     from jsarag.config import Config, GeneratorConfig, LoraConfig, RetrieverConfig
@@ -333,7 +334,8 @@ def build_rag(corpus, *, retriever: str, generator: str, max_passage_tokens: int
     if random_weights:
         retriever = random_weights_copy(retriever, causal_lm=False, seed=seed)
         generator = random_weights_copy(generator, causal_lm=True, seed=seed)
-    cfg = Config(retriever=RetrieverConfig(model=retriever),
+    cfg = Config(retriever=RetrieverConfig(model=retriever, **({} if temperature is None else
+                                                               {"temperature": temperature})),
                  generator=GeneratorConfig(model=generator, lora=LoraConfig(enabled=lora),
                                            max_passage_tokens=max_passage_tokens))
     dist.seed_everything(seed)

@@ -43,6 +43,8 @@ def sections(folder: Path) -> list[tuple[Callable[[dict], str], dict | None]]:
 
     return [(step_cost.report, one("step_cost")),
             (step_cost.report_gpu, runs("gpu/step_cost_gpu_*.json")),
+            (step_cost.report_scoring_gpu, runs("gpu/step_cost_scoring_gpu_*.json")),
+            (index_encoding.report_gpu, runs("gpu/index_encoding_gpu_*.json")),
             (peer_rag.report, one("peer_rag")),
             (index_encoding.report, one("index_encoding")),
             (scaling.report, one("scaling")),
@@ -56,7 +58,8 @@ def render(folder: Path) -> str:
     step = common.load_results(folder, "step_cost.json").get("step_cost")
     lines = ["# Benchmarks", "", INTRO, "", "## Machine", ""]
     lines += common.machine_lines(step["machine"], "step-cost") if step else ["- (step_cost.json missing)"]
-    lines.append("- GPU: the step-cost benchmark only, reported separately at the end of section 1."
+    lines.append("- GPU: step cost, JSA's scoring modes and passage encoding, reported separately at the end of "
+                 "section 1 (`benchmarks/gpu_checks.sh`; its log is in `benchmarks/results/gpu/`)."
                  if (folder / "gpu").is_dir() else "- GPU: none; no GPU figures.")
     number = 0
     for renderer, results in sections(folder):

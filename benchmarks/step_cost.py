@@ -19,7 +19,8 @@ included: the released code's cost profile, same loss. On request: ``jsa_two_pas
 
 Fairness: every variant starts each step from the same initial weights, on the same batches with the same
 torch seed per batch; after a warm-up round (all variants but the as-released one, which only adds duplicate
-sequences to the same code paths; ``--warmup-all`` includes it) the variants are interleaved round by round.
+sequences to the same code paths; ``--warmup-all`` includes it; on a GPU one round per batch, since each new input
+shape pays for kernel selection there) the variants are interleaved round by round.
 Recorded per variant: distinct proposals and states per question, generator sequences run with and without
 gradient, tokens run (with padding) and peak RSS.
 
@@ -108,6 +109,8 @@ def parse_args(argv=None):
     p.add_argument("--retriever", help="encoder: built-in, hub name or folder (default builtin:minilm)")
     p.add_argument("--generator", help="decoder-only LM (default builtin:smollm2-135m-instruct)")
     p.add_argument("--random-weights", action="store_true", help="the models' architectures, random weights")
+    p.add_argument("--temperature", type=float, help="retriever.temperature (default the config's, 0.1); lower "
+                   "sharpens a random-weights posterior towards the few distinct states trained weights visit")
     p.add_argument("--no-training", action="store_true", help="skip the in-training measurement")
     args = p.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -115,6 +118,8 @@ def parse_args(argv=None):
         p.error(f"unknown variant(s) {sorted(set(args.variants) - set(VARIANTS + SCORING_VARIANTS))}")
     if args.random_weights and not args.no_training:
         p.error("--random-weights times steps at the initial weights only: add --no-training")
+    if args.temperature is not None and not args.no_training:
+        p.error("--temperature applies to the steps at the initial weights only: add --no-training")
     return args
 
 
@@ -137,6 +142,7 @@ def measure(args) -> dict:
     began = time.perf_counter()
     device = torch.device(args.device)
     precision = dist.resolve_precision("auto", device)
+    warmups = n_batches if device.type == "cuda" else 1  # warm-up rounds
     result = {"benchmark": NAME, "size": common.size(args), "quick": args.quick, "machine": common.machine(args.device)}
     corpus, examples = common.squad_setup(common.data_dir(args), B * n_batches, pick(args, "passages", 1000, 300, 40),
                                           args.seed)
@@ -145,17 +151,19 @@ def measure(args) -> dict:
     names = common.models(args)
     max_tokens = pick(args, "max_passage_tokens", 192, 96, 32)
     model, cfg = common.build_rag(corpus, max_passage_tokens=max_tokens, seed=args.seed,
-                                  random_weights=args.random_weights, **names)
+                                  random_weights=args.random_weights, temperature=args.temperature, **names)
     model.to(device)
     model.train()
     stepper = common.Stepper(model, cfg.optim, device, precision)
     counter = common.ScoreCounter(model.generator)
     result["shape"] = {
         "batch_size": B, "micro_batch_size": micro, "top_k": K, "proposals": M, "passages": len(corpus),
-        "max_passage_tokens": max_tokens, "batches": n_batches, "warmup_variants": warm, "timed_rounds": repeats,
+        "max_passage_tokens": max_tokens, "batches": n_batches, "warmup_variants": warm, "warmup_rounds": warmups,
+        "timed_rounds": repeats,
         "precision": precision, "generator": cfg.generator.model + " + LoRA (r 8, alpha 16, peft default targets)",
         "device": str(device), "random_weights": args.random_weights, "retriever": cfg.retriever.model,
-        "score_batch_size": cfg.generator.score_batch_size, "seed": args.seed,
+        "retriever_temperature": cfg.retriever.temperature, "score_batch_size": cfg.generator.score_batch_size,
+        "seed": args.seed,
         "gradient_checkpointing": cfg.generator.gradient_checkpointing,
         "answer_tokens": [len(model.generator.prompts.answer_ids(e.answers[0])) for e in examples],
         "step": f"autocast({precision}) forward, backward, AdamW step, zero_grad (no clipping)"}
@@ -166,7 +174,7 @@ def measure(args) -> dict:
     times = {v: [] for v in args.variants}
     records = {v: [] for v in args.variants}
     rss_after_first = {}
-    for r, (kind, round_variants) in enumerate([("warm-up", warm)] + [("timed", args.variants)] * repeats):
+    for r, (kind, round_variants) in enumerate([("warm-up", warm)] * warmups + [("timed", args.variants)] * repeats):
         b, line = r % n_batches, []
         for v in round_variants:
             counter.reset()
@@ -346,6 +354,55 @@ def report_gpu(runs: dict[str, dict]) -> str:
               f"{f(jsa.get('mean_grad_seqs'), 0)} with gradient, against RAG-Sequence's "
               f"{f(rag.get('mean_grad_seqs'), 0)} with gradient: with random "
               "weights the chain visits more distinct passages than K, which is what makes JSA dearer here."]
+    return "\n".join(lines)
+
+
+def warm_rounds(d: dict) -> slice:
+    """The timed rounds on batches already run once: on a GPU the first step of each new input shape pays for
+    kernel selection and allocator growth, which runs with a single warm-up round (batch 0) timed."""
+    return slice(max(0, d["shape"]["batches"] - d["shape"].get("warmup_rounds", 1)), None)
+
+
+def report_scoring_gpu(runs: dict[str, dict]) -> str:
+    """JSA's scoring modes on a GPU (``benchmarks/gpu_checks.sh``: ``benchmarks/results/gpu/step_cost_scoring_gpu_*.json``),
+    one row per run: the ratios of the rounds whose batches had run before, and of all timed rounds."""
+    f = common.f
+    first = next(iter(runs.values()))
+    m = first["machine"]
+    gpu = m.get("precision", {}).get("gpu") or m.get("gpu")
+    lines = ["### JSA scoring on a GPU", "",
+             f"{gpu}, torch {m['versions'].get('torch')}, {first['shape']['precision']} autocast; "
+             "`benchmarks/gpu_checks.sh` (`step_cost.py --device cuda --no-training --random-weights`): MiniLM's and "
+             "SmolLM2-135M's architectures with random weights, LoRA; B=4, K=10, m=50, 1,000 SQuAD passages of at most "
+             "192 tokens. A random posterior is nearly flat (the chain keeps ~15 of 16 distinct proposals); "
+             "`--temperature 0.0008` sharpens it to ~5.4 expected distinct proposals per question (measured on CPU "
+             "in fp32), about what trained weights visit (~4 states per question, section 1).", "",
+             "| retriever temperature | micro-batch | distinct proposals / states per question | one_pass / two_pass "
+             "| two_pass / RAG-Seq | one_pass / RAG-Seq | auto / RAG-Seq | peak GPU MiB (RAG-Seq / two / one) |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def ratio(d, a, b, part):
+        num, den = d["variants"][a]["times_s"][part], d["variants"][b]["times_s"][part]
+        return common.median([x / y for x, y in zip(num, den)])
+
+    for d in runs.values():
+        v, part, everything = d["variants"], warm_rounds(d), slice(None)
+        two, one = v["jsa_two_pass"], v["jsa_one_pass"]
+        cells = [f"{f(ratio(d, a, b, part))} ({f(ratio(d, a, b, everything))})"
+                 for a, b in (("jsa_one_pass", "jsa_two_pass"), ("jsa_two_pass", "rag_sequence"),
+                              ("jsa_one_pass", "rag_sequence"), ("jsa", "rag_sequence"))]
+        lines.append(f"| {d['shape']['retriever_temperature']} | {d['shape']['micro_batch_size']} of "
+                     f"{d['shape']['batch_size']} | {f(two['mean_distinct_proposals'], 1)} / "
+                     f"{f(two['mean_distinct_states'], 1)} (one_pass: {f(one['mean_distinct_proposals'], 1)} / "
+                     f"{f(one['mean_distinct_states'], 1)}) | " + " | ".join(cells) + " | "
+                     f"{f(v['rag_sequence']['mean_gpu_peak_mib'], 0)} / {f(two['mean_gpu_peak_mib'], 0)} / "
+                     f"{f(one['mean_gpu_peak_mib'], 0)} |")
+    lines += ["", "Medians of per-round ratios over the rounds whose batch had run before (rounds 3-5 of 5); in "
+              "brackets, over all timed rounds, which include each batch's first run (kernel selection for its "
+              "shapes: up to 10x slower). `auto` runs one pass on CUDA; it is the same computation as `one_pass`, "
+              "timed right after it on the same shapes. With micro-batches of 1, two passes draw other proposals "
+              "than one pass after the first micro-batch: the second pass's LoRA dropout advances the random "
+              "stream."]
     return "\n".join(lines)
 
 
