@@ -14,6 +14,7 @@ from jsarag.study.compare import (
     SIGNAL_METRICS,
     RunResult,
     paired_bootstrap,
+    panel_sections,
     panel_tables,
     results_table,
     settings_text,
@@ -136,6 +137,25 @@ def test_panel_tables_average_steps_then_seeds_for_the_methods_of_the_panels_est
     assert "| jsa_sum | 0.45 ± 0.21 | 3.00 ± 1.41 | 4.00 ± 0.00 | 6.00 ± 0.00 |" in tables["JSA's sampler"]
     assert "vrag_exact" not in tables["JSA's sampler"] and "rag_sequence" not in "".join(tables.values())
     assert panel_tables([rag]) == []
+
+
+def test_estimators_sharing_a_panel_share_its_table_and_every_heading_is_unique():
+    """EMDR2 and PDist log the same retriever and generator terms (one panel, one table); LSR's panel has the same
+    title but other metrics, so both headings name their methods."""
+    def logged(method: str, values: dict) -> RunResult:
+        result = run(method, 0, {"q": 1.0})
+        result.curves = [{"step": 1, "loss": 1.0, **values}]
+        return result
+
+    results = [logged("emdr2", {"retriever_loss": 2.0, "generator_loss": 3.0}),
+               logged("pdist", {"retriever_loss": 0.5, "generator_loss": 4.0}),
+               logged("lsr", {"retriever_loss": 1.25})]
+    tables = panel_tables(results)
+    assert [[row.split(" | ")[0] for row in rows[2:]] for _, rows in tables] == [["| emdr2", "| pdist"], ["| lsr"]]
+    assert "| pdist | 0.50 | 4.00 |" in tables[0][1]
+    headings = [line for line in panel_sections(results) if line.startswith("## ")]
+    assert headings == ["## Retriever and generator terms during training (emdr2, pdist)",
+                        "## Retriever and generator terms during training (lsr)"]
 
 
 def test_the_learning_signal_table_averages_each_methods_seeds_over_the_runs_that_have_one():

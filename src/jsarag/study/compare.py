@@ -350,24 +350,33 @@ def panel_table(panel: Panel, groups: dict[str, list[RunResult]]) -> list[str]:
 
 
 def panel_tables(results: list[RunResult]) -> list[tuple[Panel, list[str]]]:
-    """Each panel of the estimators that ran, with its table over the methods of that estimator that logged
-    the panel's metrics."""
-    tables = []
+    """Each panel of the estimators that ran, with its table over the methods that logged the panel's metrics.
+    Estimators that share a panel (the same title and metrics, e.g. EMDR2, PDist and LOOP's retriever and
+    generator terms) share its table."""
+    merged: dict[tuple, tuple[Panel, dict[str, list[RunResult]]]] = {}
     for name, methods in estimators_used(r.method for r in results).items():
         groups = _by_method(results, lambda r, methods=methods: r.method in methods)
         for panel in ESTIMATORS[name].panels:
             logged = {m: runs for m, runs in groups.items()
                       if any(k in c for r in runs for c in r.curves for k in panel.metrics)}
             if logged:
-                tables.append((panel, panel_table(panel, logged)))
-    return tables
+                merged.setdefault((panel.title, tuple(panel.metrics.items())), (panel, {}))[1].update(logged)
+    return [(panel, panel_table(panel, logged)) for panel, logged in merged.values()]
 
 
-def panel_section(panel: Panel, table: list[str]) -> list[str]:
-    legend = "; ".join(f"`{key}`: {meaning}" for key, meaning in panel.metrics.items())
-    return [f"## {panel.title} during training", "", *table, "",
-            f"Logged at every step; each cell is the mean over a run's steps, then mean ± std over seeds. {legend}.",
-            ""]
+def panel_sections(results: list[RunResult]) -> list[str]:
+    """The report's sections of the panels' tables; a title that two different panels share is followed by the
+    methods of each, so that every heading is unique."""
+    tables = panel_tables(results)
+    repeated = {title for title in (p.title for p, _ in tables) if sum(q.title == title for q, _ in tables) > 1}
+    lines = []
+    for panel, table in tables:
+        methods = [row.split(" | ")[0].removeprefix("| ") for row in table[2:]]
+        heading = f"{panel.title} during training" + (f" ({', '.join(methods)})" if panel.title in repeated else "")
+        legend = "; ".join(f"`{key}`: {meaning}" for key, meaning in panel.metrics.items())
+        lines += [f"## {heading}", "", *table, "", "Logged at every step; each cell is the mean over a run's steps, "
+                  f"then mean ± std over seeds. {legend}.", ""]
+    return lines
 
 
 def posterior_text(results: list[RunResult]) -> str:
@@ -497,7 +506,7 @@ def write_report(path: Path, *, name: str, command: str, settings: str, results:
              *retriever_table(results), "",
              "The prior reads the question (this is what the model uses at inference); the posterior reads "
              f"question [SEP] gold answer, as in training. {posterior_text(results)}", "",
-             *(line for panel, table in panel_tables(results) for line in panel_section(panel, table)),
+             *panel_sections(results),
              *signal, *variance,
              "## Plots", "", *[f"![{p.stem}]({os.path.relpath(p, path.parent)})" for p in plots], ""]
     if notes:
