@@ -33,6 +33,7 @@ from typing import Any, Callable, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
+DPR_WIKIPEDIA_PASSAGES = 21_015_324  # the knowledge base the extrapolations are for
 SQUAD_MINI = REPO / "src" / "jsarag" / "resources" / "datasets" / "squad_mini"
 TINY_CONFIG = REPO / "configs" / "tiny.yaml"
 MODELS = {"retriever": "builtin:minilm", "generator": "builtin:smollm2-135m-instruct"}
@@ -158,6 +159,11 @@ def machine(device: str = "cpu") -> dict[str, Any]:
                                                        "sentence-transformers", "numpy")},
         "precision": dist.precision_header("auto", torch.device(device)),
     }
+
+
+def gpu_name(m: dict) -> str | None:
+    """The GPU of a results file's machine section (the run header's, or the older top-level key)."""
+    return m.get("precision", {}).get("gpu") or m.get("gpu")
 
 
 def peak_rss_mib() -> float:

@@ -316,21 +316,18 @@ def report(results: dict) -> str:
     return "\n".join(lines)
 
 
-DPR_WIKIPEDIA_PASSAGES = 21_015_324
-
-
 def report_gpu(runs: dict[str, dict]) -> str:
     """Encoding on a GPU (``benchmarks/gpu_checks.sh``: ``benchmarks/results/gpu/index_encoding_gpu_*.json``) and
     the GPU-hours of encoding DPR Wikipedia at the measured rate."""
     f = common.f
     first = next(iter(runs.values()))
     m = first["machine"]
-    gpu = m.get("precision", {}).get("gpu") or m.get("gpu")
     lines = ["### Passage encoding on a GPU", "",
-             f"{gpu} ({m.get('usable_cores')} CPU cores), torch {m['versions'].get('torch')}, sentence-transformers "
-             f"{m['versions'].get('sentence-transformers')}; `index_encoding.py --skip-index --device cuda "
-             "--random-weights` (the architecture with random weights: the same arithmetic), SQuAD paragraphs "
-             "cycled, at most 256 tokens.", "",
+             f"{common.gpu_name(m)} ({m.get('usable_cores')} CPU cores), torch {m['versions'].get('torch')}, "
+             f"sentence-transformers {m['versions'].get('sentence-transformers')}; `index_encoding.py --skip-index "
+             "--device cuda --random-weights` (the architecture with random weights: the same arithmetic), SQuAD "
+             f"paragraphs (cycled where more were asked for than the corpus has), at most "
+             f"{first['encoding']['max_length']} tokens.", "",
              "| encoder | parameters | passages (median tokens) | batch | fp32: jsarag / sentence-transformers "
              "passages/s | bf16 autocast: jsarag / sentence-transformers passages/s | DPR Wikipedia (21.0M) at the "
              "bf16 rate |", "|---|---|---|---|---|---|---|"]
@@ -338,7 +335,7 @@ def report_gpu(runs: dict[str, dict]) -> str:
         e = d["encoding"]
         bf16 = e.get("bf16_autocast", {})
         rate = bf16.get("ours_passages_per_s")
-        hours = f"{DPR_WIKIPEDIA_PASSAGES / rate / 3600:.1f} GPU-hours" if rate else "-"
+        hours = f"{common.DPR_WIKIPEDIA_PASSAGES / rate / 3600:.1f} GPU-hours" if rate else "-"
         lines.append(f"| {Path(e['encoder']).name} | {e['parameters'] / 1e6:.0f}M | {e['passages']:,} "
                      f"({f(e['tokens_median'], 0)}) | {e['batch_size']} | {f(e['fp32']['ours_passages_per_s'], 0)} / "
                      f"{f(e['fp32']['st_passages_per_s'], 0)} | {f(rate, 0)} / {f(bf16.get('st_passages_per_s'), 0)} "

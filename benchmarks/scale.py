@@ -632,7 +632,7 @@ def measure(args) -> dict:
     return result
 
 
-def extrapolate(rows: list[dict], passages: int = 21_015_324) -> dict:
+def extrapolate(rows: list[dict], passages: int = common.DPR_WIKIPEDIA_PASSAGES) -> dict:
     """Store size, conversion time and peak memory at DPR Wikipedia's size: straight lines through the
     largest two measured sizes (each has a fixed part, e.g. the record batch being written)."""
     a, b = rows[-2], rows[-1]
@@ -683,7 +683,8 @@ def report(results: dict) -> str:
                   f"{r['lookup_by_id_us']:.0f} us |"
                   for r in x["sizes"]]
         e = x["extrapolated_21m"]
-        lines += ["", f"Extrapolated to {e.get('passages', 21_015_324):,} passages (DPR Wikipedia): a "
+        passages = e.get("passages", common.DPR_WIKIPEDIA_PASSAGES)
+        lines += ["", f"Extrapolated to {passages:,} passages (DPR Wikipedia): a "
                   f"{f(e['store_gib'], 1)} GiB store, converted in {f(e['convert_hours'], 2)} h with a peak of "
                   f"{f(e['convert_peak_rss_gib'], 1)} GiB. `jsarag ask` over the {x['passages']:,}-passage store "
                   "(tiny models, random Flat index): first "

@@ -349,10 +349,10 @@ def panel_table(panel: Panel, groups: dict[str, list[RunResult]]) -> list[str]:
                    for method, runs in groups.items()]
 
 
-def panel_tables(results: list[RunResult]) -> list[tuple[Panel, list[str]]]:
-    """Each panel of the estimators that ran, with its table over the methods that logged the panel's metrics.
-    Estimators that share a panel (the same title and metrics, e.g. EMDR2, PDist and LOOP's retriever and
-    generator terms) share its table."""
+def _panel_groups(results: list[RunResult]) -> list[tuple[Panel, dict[str, list[RunResult]]]]:
+    """Each panel of the estimators that ran, with the runs of the methods that logged its metrics. Estimators
+    that share a panel (the same title and metrics, e.g. EMDR2, PDist and LOOP's retriever and generator terms)
+    share one entry."""
     merged: dict[tuple, tuple[Panel, dict[str, list[RunResult]]]] = {}
     for name, methods in estimators_used(r.method for r in results).items():
         groups = _by_method(results, lambda r, methods=methods: r.method in methods)
@@ -361,21 +361,26 @@ def panel_tables(results: list[RunResult]) -> list[tuple[Panel, list[str]]]:
                       if any(k in c for r in runs for c in r.curves for k in panel.metrics)}
             if logged:
                 merged.setdefault((panel.title, tuple(panel.metrics.items())), (panel, {}))[1].update(logged)
-    return [(panel, panel_table(panel, logged)) for panel, logged in merged.values()]
+    return list(merged.values())
+
+
+def panel_tables(results: list[RunResult]) -> list[tuple[Panel, list[str]]]:
+    """Each panel of the estimators that ran, with its table over the methods that logged the panel's metrics."""
+    return [(panel, panel_table(panel, logged)) for panel, logged in _panel_groups(results)]
 
 
 def panel_sections(results: list[RunResult]) -> list[str]:
     """The report's sections of the panels' tables; a title that two different panels share is followed by the
     methods of each, so that every heading is unique."""
-    tables = panel_tables(results)
-    repeated = {title for title in (p.title for p, _ in tables) if sum(q.title == title for q, _ in tables) > 1}
+    groups = _panel_groups(results)
+    titles = [panel.title for panel, _ in groups]
     lines = []
-    for panel, table in tables:
-        methods = [row.split(" | ")[0].removeprefix("| ") for row in table[2:]]
-        heading = f"{panel.title} during training" + (f" ({', '.join(methods)})" if panel.title in repeated else "")
+    for panel, logged in groups:
+        heading = f"{panel.title} during training" + (f" ({', '.join(logged)})" if titles.count(panel.title) > 1
+                                                      else "")
         legend = "; ".join(f"`{key}`: {meaning}" for key, meaning in panel.metrics.items())
-        lines += [f"## {heading}", "", *table, "", "Logged at every step; each cell is the mean over a run's steps, "
-                  f"then mean ± std over seeds. {legend}.", ""]
+        lines += [f"## {heading}", "", *panel_table(panel, logged), "", "Logged at every step; each cell is the "
+                  f"mean over a run's steps, then mean ± std over seeds. {legend}.", ""]
     return lines
 
 
