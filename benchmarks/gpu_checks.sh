@@ -9,10 +9,11 @@
 #      measured on an H200 in bf16, with ~4.5 chain states, as trained weights visit) and left at the default 0.1.
 #   2. index_encoding: passages per second of jsarag's encoder (and sentence-transformers') on the GPU, fp32 and
 #      bf16 autocast, for MiniLM's and bge-large's architectures: the rates docs/scale.md turns into GPU-hours.
-#   3. `jsarag train` under torchrun on the GPU (NCCL), tiny models, whole index and index.sharded=true: the
-#      same losses. One GPU holds one NCCL rank (NCCL refuses two ranks on one device): at world size 1 the
-#      sharded search is the local search, so this checks the CUDA and NCCL set-up of training, not the merge
-#      across ranks (tested with 2 gloo processes: tests/test_resume_and_distributed.py).
+#   3. `jsarag train` under torchrun on the GPU, tiny models, whole index and index.sharded=true: the same losses.
+#      One process only (NCCL refuses two ranks on one GPU): jsarag makes no process group for one process, so
+#      neither NCCL nor the merge across ranks runs here (the run header's `processes`/`backend` say so); it checks
+#      training on CUDA through torchrun and the CLI. The merge is tested with 2 gloo processes
+#      (tests/test_resume_and_distributed.py); NCCL needs a machine with 2 GPUs.
 #
 # Needs .whl/ (wheels of the pinned packages the GPU machine lacks) and .gpu/ (config-and-tokenizer model folders,
 # the tiny builtins, SQuAD), both ignored by git and made by `.venv/bin/python benchmarks/gpu_prepare.py`; then
@@ -65,9 +66,9 @@ TRAIN=("$PY" -m torch.distributed.run --standalone --nproc_per_node 1 -m jsarag 
 TINY=(train.steps=3 train.save_every=3 data.max_eval_examples=4 retriever.model=$M/tiny-bert
       generator.model=$M/tiny-llama)  # 3 steps of the tiny config, one process
 rm -rf /tmp/gpu-train
-part train_nccl_whole 60 "${TRAIN[@]}" --out /tmp/gpu-train/whole "${TINY[@]}"
-part train_nccl_sharded 60 "${TRAIN[@]}" --out /tmp/gpu-train/sharded "${TINY[@]}" index.sharded=true
-[ -z "${PARTS:-}" ] || [[ ",$PARTS," == *",train_nccl_sharded,"* ]] && "$PY" - "$OUT/train_nccl_gpu.json" <<'EOF'
+part train_cuda_whole 60 "${TRAIN[@]}" --out /tmp/gpu-train/whole "${TINY[@]}"
+part train_cuda_sharded 60 "${TRAIN[@]}" --out /tmp/gpu-train/sharded "${TINY[@]}" index.sharded=true
+[ -z "${PARTS:-}" ] || [[ ",$PARTS," == *",train_cuda_sharded,"* ]] && "$PY" - "$OUT/train_cuda_gpu.json" <<'EOF'
 import json, sys
 from pathlib import Path
 runs = {}
@@ -80,7 +81,7 @@ for name in ("whole", "sharded"):
 a, b = runs["whole"]["losses"], runs["sharded"]["losses"]
 runs["same_losses_within_1e-5"] = bool(a) and a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-5 for k in a)
 Path(sys.argv[1]).write_text(json.dumps(runs, indent=1))
-print("train_nccl:", json.dumps({k: runs[k]["losses"] for k in ("whole", "sharded")}),
+print("train_cuda:", json.dumps({k: runs[k]["losses"] for k in ("whole", "sharded")}),
       "same:", runs["same_losses_within_1e-5"])
 EOF
 part step_cost_default_micro4 70 "${STEP[@]}" --micro-batch-size 4 --out "$OUT/step_cost_scoring_gpu_default_micro4.json"

@@ -111,4 +111,4 @@ def test_the_run_header_records_the_resolved_precision(cpu, tmp_path, capsys):
     headers = [r for r in read_metrics(tmp_path / "run") if "run" in r]
     assert [r["step"] for r in headers] == [0, 1]  # one per start; the resumed one at its checkpoint's step
     assert headers[0]["run"] == {"precision": "fp32", "precision_setting": "auto", "device": "cpu",
-                                 "cpu": "AVX2 kernels, native bf16"}
+                                 "cpu": "AVX2 kernels, native bf16", "processes": 1}  # one process: no group

@@ -149,3 +149,4 @@ def test_two_process_training_on_a_sharded_index_logs_the_losses_of_an_unsharded
     assert (runs["sharded"] / "index" / "trained.faiss").is_file()
     evals = [json.loads(line) for line in (runs["sharded"] / "metrics.jsonl").read_text().splitlines()]
     assert any("eval/f1" in r for r in evals) and (runs["sharded"] / "eval" / "dev").is_dir()
+    assert evals[0]["run"]["processes"] == 2 and evals[0]["run"]["backend"] == "gloo"  # the header names the group

@@ -142,6 +142,15 @@ def precision_header(precision: str, device: torch.device) -> dict[str, str]:
     return header
 
 
+def process_header(env: DistEnv) -> dict[str, int | str]:
+    """What a run's log records of its processes: how many, and the process group's backend when there is one
+    (:func:`setup` makes none for a single process, also under torchrun)."""
+    header: dict[str, int | str] = {"processes": env.world_size}
+    if dist.is_available() and dist.is_initialized():
+        header["backend"] = str(dist.get_backend())
+    return header
+
+
 def autocast(device: torch.device, precision: str):
     """Autocast to the resolved ``precision`` (bf16 halves generator time on CPUs with native bf16); a no-op
     for fp32."""
