@@ -270,7 +270,7 @@ def measure(args) -> dict:
     common.quiet_libraries()
     common.apply_threads(args.threads)
     result: dict = {"benchmark": NAME, "size": common.size(args), "quick": args.quick,
-                    "machine": common.machine(getattr(args, "device", "cpu"))}
+                    "machine": common.machine(args.device)}
     if not args.skip_index:
         index = result["index"] = bench_index(args)
         result["build_overhead"] = index["build_overhead"]
@@ -346,8 +346,8 @@ def report_gpu(runs: dict[str, dict]) -> str:
         (small, fast), (large, slow) = sized[0], sized[-1]
         lines += ["", f"The smaller encoder has {large / small:.0f}x fewer parameters but encodes only "
                   f"{fast / slow:.1f}x faster: its rate is most likely bound by the host (tokenization, padding, copies "
-                  "to the GPU; not profiled), not by the GPU's arithmetic. The GPU-hours assume one process per GPU encoding at this rate "
-                  "(`jsarag index build` under torchrun gives each GPU 1/N of the shards)."]
+                  "to the GPU; not profiled), not by the GPU's arithmetic. The GPU-hours assume one process per GPU "
+                  "encoding at this rate (`jsarag index build` under torchrun gives each GPU 1/N of the shards)."]
     return "\n".join(lines)
 
 
