@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # The GPU checks, as one script for a lent GPU machine with PyTorch and no network (the `device` tool's
 # H100/H200 machines): every figure below is written to $OUT (default ./gpu-out) under the names
-# benchmarks/report.py reads from benchmarks/results/gpu/; ~6 minutes measured, 540 s at most by the parts' limits.
+# benchmarks/report.py reads from benchmarks/results/gpu/. The parts' limits sum to 780 s, more than one
+# 600-second command of the `device` tool: run it there in two calls, each naming its parts (PARTS=a,b).
 #
 #   1. step_cost: JSA's scoring modes (one_pass, two_pass, auto) against RAG-Sequence, K=10, m=50, B=4,
 #      random weights of MiniLM's and SmolLM2-135M's architectures; the random posterior is sharpened
 #      (retriever.temperature 0.0008: ~5.4 expected distinct proposals of 50 per question on CPU in fp32, 6.3-7.3
 #      measured on an H200 in bf16, with ~4.5 chain states, as trained weights visit) and left at the default 0.1.
+#      step_cost_matched_micro4 instead matches the chain of trained weights (~11 proposals, ~4 states) by the
+#      temperature and a generator logit scale chosen from a grid (--match-chain).
 #   2. index_encoding: passages per second of jsarag's encoder (and sentence-transformers') on the GPU, fp32 and
-#      bf16 autocast, for MiniLM's and bge-large's architectures: the rates docs/scale.md turns into GPU-hours.
+#      bf16 autocast, for MiniLM's and bge-large's architectures: the rates docs/scale.md turns into GPU-hours;
+#      and the host side of jsarag's encode alone (model stubbed out).
 #   3. `jsarag train` under torchrun on the GPU, tiny models, whole index and index.sharded=true: the same losses.
 #      One process only (NCCL refuses two ranks on one GPU): jsarag makes no process group for one process, so
 #      neither NCCL nor the merge across ranks runs here (the run header's `processes`/`backend` say so); it checks
@@ -85,6 +89,11 @@ print("train_cuda:", json.dumps({k: runs[k]["losses"] for k in ("whole", "sharde
       "same:", runs["same_losses_within_1e-5"])
 EOF
 part step_cost_default_micro4 70 "${STEP[@]}" --micro-batch-size 4 --out "$OUT/step_cost_scoring_gpu_default_micro4.json"
+# The chain of SQuAD's trained weights on the CPU: ~11 distinct proposals and ~4 states per question (31-46% kept);
+# the runs above kept 65% or more. --match-chain picks temperature and logit scale from a grid (20 points, one
+# untimed step per batch each) to come close to it.
+part step_cost_matched_micro4 240 "${STEP[@]}" --micro-batch-size 4 --match-chain 11,4 \
+  --out "$OUT/step_cost_scoring_gpu_matched_micro4.json"
 part step_cost_sharp_micro1 80 "${STEP[@]}" --micro-batch-size 1 --temperature 0.0008 \
   --out "$OUT/step_cost_scoring_gpu_sharp_micro1.json"
 echo "=== done $(date -u +%T)"

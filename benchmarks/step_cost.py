@@ -36,6 +36,7 @@ arithmetic, but a random posterior makes the sampler propose more distinct passa
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import tempfile
 import time
@@ -111,6 +112,12 @@ def parse_args(argv=None):
     p.add_argument("--random-weights", action="store_true", help="the models' architectures, random weights")
     p.add_argument("--temperature", type=float, help="retriever.temperature (default the config's, 0.1); lower "
                    "sharpens a random-weights posterior towards the few distinct states trained weights visit")
+    p.add_argument("--logit-scale", type=float, help="multiply the random generator's logits (default 1): its "
+                   "answer likelihoods then differ between passages as trained weights make them, and the chain "
+                   "rejects more of its proposals")
+    p.add_argument("--match-chain", metavar="PROPOSALS,STATES", help="before timing, pick the temperature and "
+                   "logit scale (a grid, one untimed step per batch) whose chain comes closest to this many "
+                   "distinct proposals and states per question (trained weights on SQuAD: about 11,4)")
     p.add_argument("--no-training", action="store_true", help="skip the in-training measurement")
     args = p.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -118,8 +125,16 @@ def parse_args(argv=None):
         p.error(f"unknown variant(s) {sorted(set(args.variants) - set(VARIANTS + SCORING_VARIANTS))}")
     if args.random_weights and not args.no_training:
         p.error("--random-weights times steps at the initial weights only: add --no-training")
-    if args.temperature is not None and not args.no_training:
-        p.error("--temperature applies to the steps at the initial weights only: add --no-training")
+    for flag in ("temperature", "logit_scale", "match_chain"):
+        if getattr(args, flag) is not None and not (args.no_training and args.random_weights):
+            p.error(f"--{flag.replace('_', '-')} shapes the chain of random weights: add --random-weights "
+                    "--no-training")
+    if args.match_chain is not None:
+        try:
+            args.match_chain = tuple(float(x) for x in args.match_chain.split(","))
+            assert len(args.match_chain) == 2 and min(args.match_chain) > 0
+        except (ValueError, AssertionError):
+            p.error(f"--match-chain: expected two positive numbers PROPOSALS,STATES, got {args.match_chain!r}")
     return args
 
 
@@ -155,6 +170,9 @@ def measure(args) -> dict:
     model.to(device)
     model.train()
     stepper = common.Stepper(model, cfg.optim, device, precision)
+    scale = LogitScale(model.generator, args.logit_scale or 1.0)
+    if args.match_chain:
+        result["calibration"] = match_chain(stepper, scale, batches, K, M, args.match_chain)
     counter = common.ScoreCounter(model.generator)
     result["shape"] = {
         "batch_size": B, "micro_batch_size": micro, "top_k": K, "proposals": M, "passages": len(corpus),
@@ -162,7 +180,8 @@ def measure(args) -> dict:
         "timed_rounds": repeats,
         "precision": precision, "generator": cfg.generator.model + " + LoRA (r 8, alpha 16, peft default targets)",
         "device": str(device), "random_weights": args.random_weights, "retriever": cfg.retriever.model,
-        "retriever_temperature": cfg.retriever.temperature, "score_batch_size": cfg.generator.score_batch_size,
+        "retriever_temperature": model.retriever.temperature, "generator_logit_scale": scale.factor,
+        "score_batch_size": cfg.generator.score_batch_size,
         "seed": args.seed,
         "gradient_checkpointing": cfg.generator.gradient_checkpointing,
         "answer_tokens": [len(model.generator.prompts.answer_ids(e.answers[0])) for e in examples],
@@ -213,6 +232,44 @@ def measure(args) -> dict:
         result["jsa_over_rag_sequence"] = result["in_training"]["jsa_over_rag_sequence"]
     result["wall_s"] = round(time.perf_counter() - began, 2)
     return result
+
+
+class LogitScale:
+    """Multiplies the generator's logits by ``factor`` (a forward hook on its output embeddings; 1 leaves them as
+    they are). A random generator's logits are small, so its likelihood of an answer barely depends on the passage:
+    scaling them makes some passages explain the answer far better than others, as trained weights do."""
+
+    def __init__(self, generator, factor: float):
+        self.factor = factor
+        generator.model.get_output_embeddings().register_forward_hook(lambda _m, _i, out: out * self.factor)
+
+
+TEMPERATURES = (0.0015, 0.003, 0.006, 0.012)  # 0.0008: ~6.5 proposals, 0.1: ~16 (an H200, bf16)
+LOGIT_SCALES = (1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def match_chain(stepper, scale: LogitScale, batches, top_k: int, proposals: int, target: tuple[float, float]
+                ) -> dict:
+    """The (retriever temperature, generator logit scale) of the grid whose chain comes closest to ``target``
+    (distinct proposals, distinct states per question; distance: the sum of the two log ratios' absolute values),
+    from one untimed two-pass step per batch at each point, every step from the same initial weights. Sets both
+    on the model and returns the grid's measurements."""
+    model = stepper.model
+    estimator = make_estimator("jsa_two_pass", top_k, proposals)
+    grid = []
+    for t in TEMPERATURES:
+        for c in LOGIT_SCALES:
+            model.retriever.temperature, scale.factor = t, c
+            seen = [stepper.step(estimator, batch, seed=2000 + b)[1] for b, batch in enumerate(batches)]
+            p, s = (statistics.fmean(m[k] for m in seen) for k in ("distinct_proposals", "distinct_states"))
+            grid.append({"temperature": t, "logit_scale": c, "distinct_proposals": round(p, 2),
+                         "distinct_states": round(s, 2),
+                         "distance": round(abs(math.log(p / target[0])) + abs(math.log(s / target[1])), 3)})
+            common.say(f"  match-chain: temperature {t}, logit scale {c}: {p:.1f} proposals / {s:.1f} states")
+    best = min(grid, key=lambda g: g["distance"])
+    model.retriever.temperature, scale.factor = best["temperature"], best["logit_scale"]
+    common.say(f"  match-chain: chose temperature {best['temperature']}, logit scale {best['logit_scale']}")
+    return {"target": list(target), "chosen": best, "grid": grid}
 
 
 def measure_training(args, batch_size: int, top_k: int, proposals: int, passages: int, max_passage_tokens: int
@@ -374,8 +431,13 @@ def report_scoring_gpu(runs: dict[str, dict]) -> str:
              "`benchmarks/gpu_checks.sh` (`step_cost.py --device cuda --no-training --random-weights`): MiniLM's and "
              "SmolLM2-135M's architectures with random weights, LoRA; B=4, K=10, m=50, 1,000 SQuAD passages of at "
              "most 192 tokens. A random posterior is nearly flat; a lower `--temperature` (the retriever's) sharpens "
-             "it, so that the chain visits about as many distinct states per question as trained weights do (~4).",
-             "", "| retriever temperature | micro-batch | distinct proposals / states per question (kept) | "
+             "it, so that the chain visits about as many distinct states per question as trained weights do (~4); "
+             "multiplying the random generator's logits (`--logit-scale`) makes its likelihoods differ between "
+             "passages, so that the chain also rejects as many of its proposals as trained weights make it reject "
+             "(SQuAD on the CPU: ~11 distinct proposals for ~4 states, 31-46% kept; `--match-chain 11,4` picks both "
+             "from a grid).",
+             "", "| retriever temperature, logit scale | micro-batch | distinct proposals / states per question "
+             "(kept) | "
              "one_pass / two_pass | two_pass / RAG-Seq | one_pass / RAG-Seq | auto / RAG-Seq | peak GPU MiB "
              "(RAG-Seq / two / one) |", "|---|---|---|---|---|---|---|---|"]
 
@@ -396,23 +458,28 @@ def report_scoring_gpu(runs: dict[str, dict]) -> str:
             cold += [t / warm for t in x["times_s"][:part.start]]
         kept = two["mean_distinct_states"] / two["mean_distinct_proposals"]
         kept_shares.append(kept)
-        lines.append(f"| {d['shape']['retriever_temperature']} | {d['shape']['micro_batch_size']} of "
+        lines.append(f"| {d['shape']['retriever_temperature']}, {d['shape'].get('generator_logit_scale', 1.0):g} | "
+                     f"{d['shape']['micro_batch_size']} of "
                      f"{d['shape']['batch_size']} | {f(two['mean_distinct_proposals'], 1)} / "
                      f"{f(two['mean_distinct_states'], 1)} ({100 * kept:.0f}%; one_pass: "
                      f"{f(one['mean_distinct_proposals'], 1)} / {f(one['mean_distinct_states'], 1)}) | "
                      + " | ".join(cells) + f" | {f(v['rag_sequence']['mean_gpu_peak_mib'], 0)} / "
                      f"{f(two['mean_gpu_peak_mib'], 0)} / {f(one['mean_gpu_peak_mib'], 0)} |")
-    rounds = len(first["variants"]["rag_sequence"]["times_s"])
-    part = warm_rounds(first)
-    lines += ["", f"Medians of per-round ratios over the timed rounds whose batch had run before (rounds "
-              f"{part.start + 1}-{rounds} of {rounds})" + (
+    counts = sorted({len(d["variants"]["rag_sequence"]["times_s"][warm_rounds(d)]) for d in runs.values()})
+    low = [k for k in kept_shares if k < 0.5]
+    low_ratios = [ratio(d, "jsa_one_pass", "jsa_two_pass", warm_rounds(d)) for d, k in zip(runs.values(), kept_shares)
+                  if k < 0.5]
+    lines += ["", "Medians of per-round ratios over the timed rounds whose batch had run before "
+              f"({counts[0]}{f' to {counts[-1]}' if len(counts) > 1 else ''} rounds a run)" + (
                   f"; in brackets, over all timed rounds, which include a batch's first run (up to "
-                  f"{max(cold):.0f}x its later steps)" if cold else "") + f". Every run here kept "
-              f"{100 * min(kept_shares):.0f}% or more of its distinct proposals, where one pass wins on the CPU as well "
-              "(above ~60%: section 7); at the 31-46% kept that SQuAD's trained weights showed on the CPU, one pass "
-              "against two was not measured on a GPU. `auto` runs one pass on CUDA: the same computation as "
-              f"`one_pass`, timed right after it; their difference is this table's noise ({rounds - part.start} "
-              "rounds). With micro-batches of 1, "
+                  f"{max(cold):.0f}x its later steps)" if cold else "") + ". "
+              + (f"{len(low)} of the {len(kept_shares)} runs kept under half of their distinct proposals, as trained "
+                 "weights do, where one pass loses to two on the CPU (section 7); there one pass against two ran "
+                 f"{f(min(low_ratios))}-{f(max(low_ratios))}. " if low else
+                 f"Every run here kept {100 * min(kept_shares):.0f}% or more of its distinct proposals, where one "
+                 "pass wins on the CPU as well (above ~60%: section 7). ")
+              + "`auto` runs one pass on CUDA: the same computation as `one_pass`, timed right after it; their "
+              "difference is this table's noise. With micro-batches of 1, "
               "two passes draw other proposals than one pass after the first micro-batch: the second pass's LoRA "
               "dropout advances the random stream."]
     return "\n".join(lines)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -48,6 +49,8 @@ def test_benchmark_runs_end_to_end(name, tmp_path):
     assert EXPECTED[name] <= set(results), EXPECTED[name] - set(results)
     assert MACHINE <= set(results["machine"])
     assert {"cpu", "precision", "precision_setting", "device"} <= set(results["machine"]["precision"])
+    if name == "index_encoding":
+        assert results["encoding"]["host_side"]["passages_per_s"] > 0
     if name == "profile_jsa":
         module = importlib.import_module(name)
         assert set(module.JSA_RANGES + module.STEP_RANGES) <= set(results["ranges"])
@@ -77,3 +80,43 @@ def test_the_released_scorer_gives_the_library_loss():
         values.append((loss.item(), metrics["accept_rate"]))
     assert values[0][0] == pytest.approx(values[1][0], rel=1e-5)
     assert values[0][1] == values[1][1]
+
+
+def test_match_chain_sets_the_grid_point_closest_to_the_target():
+    """step_cost --match-chain: every grid point stepped on every batch, the point nearest the target (sum of
+    the absolute log ratios) set on the model. A fake stepper whose chain follows temperature and scale."""
+    from types import SimpleNamespace
+
+    step_cost = importlib.import_module("step_cost")
+    scale = SimpleNamespace(factor=1.0)
+    model = SimpleNamespace(retriever=SimpleNamespace(temperature=0.1))
+    seen = []
+
+    def step(estimator, batch, seed):
+        seen.append((model.retriever.temperature, scale.factor, batch))
+        return 0.0, {"distinct_proposals": 1000 * model.retriever.temperature + batch,
+                     "distinct_states": 12 / scale.factor}
+
+    out = step_cost.match_chain(SimpleNamespace(model=model, step=step), scale, [0, 2], 10, 50, (4.0, 3.0))
+    grid = [(t, c) for t in step_cost.TEMPERATURES for c in step_cost.LOGIT_SCALES]
+    assert [(t, c) for t, c, _ in seen] == [p for p in grid for _ in range(2)] and {b for *_, b in seen} == {0, 2}
+    assert (out["chosen"]["temperature"], out["chosen"]["logit_scale"]) == (0.003, 4.0)  # 1000*0.003+1 = 4, 12/4 = 3
+    assert out["chosen"]["distance"] == 0 and len(out["grid"]) == len(grid)
+    assert (model.retriever.temperature, scale.factor) == (0.003, 4.0)
+    far = next(g for g in out["grid"] if (g["temperature"], g["logit_scale"]) == (0.012, 1.0))
+    assert far["distance"] == pytest.approx(abs(math.log(13 / 4)) + abs(math.log(12 / 3)), abs=1e-3)
+
+
+def test_logit_scale_multiplies_the_generators_logits():
+    from helpers import make_model
+
+    step_cost = importlib.import_module("step_cost")
+    generator = make_model().generator
+    ids = torch.tensor([[1, 5, 7, 9]])
+    with torch.no_grad():
+        before = generator.model(input_ids=ids).logits
+        scale = step_cost.LogitScale(generator, 3.0)
+        after = generator.model(input_ids=ids).logits
+        scale.factor = 1.0
+        back = generator.model(input_ids=ids).logits
+    assert torch.allclose(after, 3 * before, atol=1e-5) and torch.allclose(back, before)

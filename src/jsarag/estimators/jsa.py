@@ -102,7 +102,10 @@ def resolve_scoring(cfg: JSAConfig, device: torch.device, checkpointing: bool = 
     avx512_bf16, 1 thread, two seeds): one_pass / two_pass = 1.18 and 1.25 per step (0.74-0.89 on
     questions keeping 70-90%, 1.39-1.76 on those keeping 10-25%). Hence two passes on CPU. On CUDA a
     small micro-batch costs its kernel launches more than its rows, and one pass saves a whole
-    forward pass: one pass there (not measured on a GPU yet).
+    forward pass: one pass there. Measured on an H200 (benchmarks/gpu_checks.sh, random weights whose
+    chain was shaped like trained weights', 29-49% kept): one_pass / two_pass = 0.77 with micro-batches
+    of 1, 0.96 and 1.14 with micro-batches of 4 (about even: steps of ~0.25 s); 0.72-0.90 where the
+    chain kept 65% or more.
     """
     if cfg.scoring != "auto":
         return cfg.scoring
