@@ -39,7 +39,10 @@ TINY_CONFIG = REPO / "configs" / "tiny.yaml"
 MODELS = {"retriever": "builtin:minilm", "generator": "builtin:smollm2-135m-instruct"}
 TINY_MODELS = {"retriever": "builtin:tiny-bert", "generator": "builtin:tiny-llama"}
 
-# Library downloads and loaders print progress bars to stderr; a benchmark needs none of them.
+# Library downloads and loaders print progress bars to stderr; a benchmark needs none of them. Tokenizers run on
+# one thread unless the caller says otherwise (the CPU timings share two cores with torch's threads); jsarag
+# itself leaves the tokenizers' default, all cores, which a GPU measurement of encoding should keep
+# (benchmarks/gpu_checks.sh sets TOKENIZERS_PARALLELISM=true there).
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -152,6 +155,7 @@ def machine(device: str = "cpu") -> dict[str, Any]:
         "torch_interop_threads": torch.get_num_interop_threads(),
         "faiss_omp_threads": faiss.omp_get_max_threads(),
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+        "tokenizers_parallelism_env": os.environ.get("TOKENIZERS_PARALLELISM"),
         "load_average_at_start": list(os.getloadavg()),
         "platform": platform.platform(),
         "python": platform.python_version(),

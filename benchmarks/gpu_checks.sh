@@ -61,9 +61,10 @@ STEP=("$PY" benchmarks/step_cost.py --device "$DEVICE" --no-training --random-we
       --generator $M/smollm2 --batch-size 4 "${SIZES[@]}" --variants rag_sequence,jsa_two_pass,jsa_one_pass,jsa)
 part step_cost_sharp_micro4 100 "${STEP[@]}" --micro-batch-size 4 --temperature 0.0008 \
   --out "$OUT/step_cost_scoring_gpu_sharp_micro4.json"
-part encoding_minilm 80 "$PY" benchmarks/index_encoding.py --skip-index --device "$DEVICE" --random-weights \
+# Tokenizers on all the host's cores, as `jsarag index build` runs them (the benchmarks' default is one thread).
+part encoding_minilm 80 env TOKENIZERS_PARALLELISM=true "$PY" benchmarks/index_encoding.py --skip-index --device "$DEVICE" --random-weights \
   --retriever $M/minilm "${MINI[@]}" --batch-size 512 --out "$OUT/index_encoding_gpu_minilm.json"
-part encoding_bge_large 90 "$PY" benchmarks/index_encoding.py --skip-index --device "$DEVICE" --random-weights \
+part encoding_bge_large 90 env TOKENIZERS_PARALLELISM=true "$PY" benchmarks/index_encoding.py --skip-index --device "$DEVICE" --random-weights \
   --retriever $M/bge-large-arch "${BGE[@]}" --batch-size 256 --out "$OUT/index_encoding_gpu_bge_large.json"
 
 TRAIN=("$PY" -m torch.distributed.run --standalone --nproc_per_node 1 -m jsarag train configs/tiny.yaml)

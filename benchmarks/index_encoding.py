@@ -338,6 +338,13 @@ def report(results: dict) -> str:
     return "\n".join(lines)
 
 
+def tokenizer_threads(machine: dict) -> str:
+    """How the run's tokenizers were threaded: TOKENIZERS_PARALLELISM as the benchmark saw it (unset in runs
+    from before it was recorded, when the benchmarks' default of one thread applied)."""
+    setting = machine.get("tokenizers_parallelism_env") or "false"
+    return f"all {machine.get('usable_cores')} cores" if setting.lower() in ("1", "true") else "1 thread"
+
+
 def report_gpu(runs: dict[str, dict]) -> str:
     """Encoding on a GPU (``benchmarks/gpu_checks.sh``: ``benchmarks/results/gpu/index_encoding_gpu_*.json``) and
     the GPU-hours of encoding DPR Wikipedia at the measured rate."""
@@ -349,38 +356,29 @@ def report_gpu(runs: dict[str, dict]) -> str:
              f"sentence-transformers {m['versions'].get('sentence-transformers')}; `index_encoding.py --skip-index "
              "--device cuda --random-weights` (the architecture with random weights: the same arithmetic), SQuAD "
              f"paragraphs (cycled where more were asked for than the corpus has), at most "
-             f"{first['encoding']['max_length']} tokens.", "",
-             "| encoder | parameters | passages (median tokens) | batch | fp32: jsarag / sentence-transformers "
-             "passages/s | bf16 autocast: jsarag / sentence-transformers passages/s | DPR Wikipedia (21.0M) at the "
-             "bf16 rate |", "|---|---|---|---|---|---|---|"]
-    for d in runs.values():
+             f"{first['encoding']['max_length']} tokens. Tokenizers: on one thread (the benchmarks' default, kept "
+             "for the CPU timings) or on all the host's cores (`TOKENIZERS_PARALLELISM=true`, as `jsarag index "
+             "build` runs them: the library leaves the tokenizers' default). Host side: passages/s of jsarag's "
+             "`encode` with the model stubbed out (tokenization, length sort, padding, the copy to the GPU), and "
+             "its share of the bf16 encoding time.", "",
+             "| encoder | parameters | passages (median tokens) | batch | tokenizers | fp32: jsarag / "
+             "sentence-transformers passages/s | bf16 autocast: jsarag / sentence-transformers passages/s | host "
+             "side passages/s (share) | DPR Wikipedia (21.0M) at the bf16 rate |", "|---" * 9 + "|"]
+    for d in sorted(runs.values(), key=lambda d: (d["encoding"]["parameters"], tokenizer_threads(d["machine"]))):
         e = d["encoding"]
         bf16 = e.get("bf16_autocast", {})
         rate = bf16.get("ours_passages_per_s")
+        host = e.get("host_side", {}).get("passages_per_s")
         hours = f"{common.DPR_WIKIPEDIA_PASSAGES / rate / 3600:.1f} GPU-hours" if rate else "-"
         lines.append(f"| {Path(e['encoder']).name} | {e['parameters'] / 1e6:.0f}M | {e['passages']:,} "
-                     f"({f(e['tokens_median'], 0)}) | {e['batch_size']} | {f(e['fp32']['ours_passages_per_s'], 0)} / "
-                     f"{f(e['fp32']['st_passages_per_s'], 0)} | {f(rate, 0)} / {f(bf16.get('st_passages_per_s'), 0)} "
-                     f"| {hours} |")
-    sized = sorted((d["encoding"]["parameters"], d["encoding"].get("bf16_autocast", {}).get("ours_passages_per_s"))
-                   for d in runs.values())
-    if len(sized) > 1 and all(rate for _, rate in sized):
-        (small, fast), (large, slow) = sized[0], sized[-1]
-        lines += ["", f"The smaller encoder has {large / small:.0f}x fewer parameters but encodes only "
-                  f"{fast / slow:.1f}x faster."]
-        hosts = [(Path(d["encoding"]["encoder"]).name, d["encoding"]["host_side"]["passages_per_s"],
-                  d["encoding"].get("bf16_autocast", {}).get("ours_passages_per_s"))
-                 for d in runs.values() if "host_side" in d["encoding"]]
-        if hosts:
-            lines[-1] += (" With the model stubbed out, jsarag's `encode` (tokenization, length sort, padding, copy "
-                          "to the GPU, all on the host and in series with the model) ran " + "; ".join(
-                              f"{rate:,.0f} passages/s for {name} ({100 * full / rate:.0f}% of the bf16 encoding time)"
-                              for name, rate, full in hosts) + ": the share the host takes of the encoding.")
-        else:
-            lines[-1] += (" Its rate is most likely bound by the host (tokenization, padding, copies to the GPU; not "
-                          "profiled).")
-        lines[-1] += (" The GPU-hours assume one process per GPU encoding at this rate (`jsarag index build` under "
-                      "torchrun gives each GPU 1/N of the shards).")
+                     f"({f(e['tokens_median'], 0)}) | {e['batch_size']} | {tokenizer_threads(d['machine'])} | "
+                     f"{f(e['fp32']['ours_passages_per_s'], 0)} / {f(e['fp32']['st_passages_per_s'], 0)} | "
+                     f"{f(rate, 0)} / {f(bf16.get('st_passages_per_s'), 0)} | "
+                     + (f"{host:,.0f} ({100 * rate / host:.0f}%)" if host and rate else "-") + f" | {hours} |")
+    lines += ["", "The host side runs in series with the model: where its share is high, the GPU waits on the "
+              "host, and tokenizing on all cores is what the rate needs. The "
+              "GPU-hours assume one process per GPU encoding at this rate (`jsarag index build` under torchrun gives "
+              "each GPU 1/N of the shards)."]
     return "\n".join(lines)
 
 
