@@ -375,8 +375,8 @@ def report_gpu(runs: dict[str, dict]) -> str:
                      f"{f(e['fp32']['ours_passages_per_s'], 0)} / {f(e['fp32']['st_passages_per_s'], 0)} | "
                      f"{f(rate, 0)} / {f(bf16.get('st_passages_per_s'), 0)} | "
                      + (f"{host:,.0f} ({100 * rate / host:.0f}%)" if host and rate else "-") + f" | {hours} |")
-    lines += ["", "The host side runs in series with the model: where its share is high, the GPU waits on the "
-              "host, and tokenizing on all cores is what the rate needs. The "
+    lines += ["", "The host side runs in series with the model (the GPU waits while the host prepares each "
+              "batch): where its share is high, the host bounds the rate. The "
               "GPU-hours assume one process per GPU encoding at this rate (`jsarag index build` under torchrun gives "
               "each GPU 1/N of the shards)."]
     return "\n".join(lines)
