@@ -245,7 +245,7 @@ class Pair:
                 f"{self.a_name}/{self.b_name} = {r['median']:.4f} [IQR {r['q1']:.4f}..{r['q3']:.4f}, n={r['n']}]")
 
 
-def _time_once(fn: Callable[[], Any], before: Callable[[], None] | None) -> tuple[float, Any]:
+def time_once(fn: Callable[[], Any], before: Callable[[], None] | None) -> tuple[float, Any]:
     if before is not None:
         before()
     gc.collect()
@@ -265,16 +265,16 @@ def interleaved(a: Callable[[], Any], b: Callable[[], Any], *, repeats: int, war
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
     for _ in range(warmup):
-        _time_once(a, before)
-        _time_once(b, before)
+        time_once(a, before)
+        time_once(b, before)
     pair = Pair(a_name, b_name)
     for i in range(repeats):
         last = keep_last and i == repeats - 1
-        seconds, result = _time_once(a, before)
+        seconds, result = time_once(a, before)
         pair.a_seconds.append(seconds)
         pair.a_last = result if last else None
         del result
-        seconds, result = _time_once(b, before)
+        seconds, result = time_once(b, before)
         pair.b_seconds.append(seconds)
         pair.b_last = result if last else None
         del result
@@ -422,6 +422,10 @@ class Stepper:
             self.optimizers[id(estimator)] = opt
             self.restore()
         return self.optimizers[id(estimator)]
+
+    def forget(self, estimator) -> None:
+        """Free the optimiser (and its AdamW state) kept for ``estimator``, e.g. one used only to calibrate."""
+        self.optimizers.pop(id(estimator), None)
 
     def sync(self) -> None:
         if self.device.type == "cuda":

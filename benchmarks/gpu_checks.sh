@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks, as one script for a lent GPU machine with PyTorch and no network (the `device` tool's
 # H100/H200 machines): every figure below is written to $OUT (default ./gpu-out) under the names
-# benchmarks/report.py reads from benchmarks/results/gpu/. The parts' limits sum to 780 s, more than one
+# benchmarks/report.py reads from benchmarks/results/gpu/. The parts' limits sum to 1,020 s, more than one
 # 600-second command of the `device` tool: run it there in two calls, each naming its parts (PARTS=a,b).
 #
 #   1. step_cost: JSA's scoring modes (one_pass, two_pass, auto) against RAG-Sequence, K=10, m=50, B=4,
@@ -28,9 +28,11 @@
 set -u
 DEVICE=${DEVICE:-cuda} PY=${PY:-python3}
 if [ -n "${SMOKE:-}" ]; then
-  SIZES=(--smoke --repeats 1 --batches 1); MINI=(--passages 32 --encode-repeats 1); BGE=(--passages 8 --encode-repeats 1)
+  SIZES=(--smoke --repeats 1 --batches 1); R16=1
+  MINI=(--passages 32 --encode-repeats 1); BGE=(--passages 8 --encode-repeats 1)
 else
-  SIZES=(--repeats 5 --batches 3); MINI=(--passages 4000 --encode-repeats 2); BGE=(--passages 2000 --encode-repeats 2)
+  SIZES=(--repeats 5 --batches 3); R16=8
+  MINI=(--passages 4000 --encode-repeats 2); BGE=(--passages 2000 --encode-repeats 2)
 fi
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
@@ -62,10 +64,12 @@ STEP=("$PY" benchmarks/step_cost.py --device "$DEVICE" --no-training --random-we
 part step_cost_sharp_micro4 100 "${STEP[@]}" --micro-batch-size 4 --temperature 0.0008 \
   --out "$OUT/step_cost_scoring_gpu_sharp_micro4.json"
 # Tokenizers on all the host's cores, as `jsarag index build` runs them (the benchmarks' default is one thread).
-part encoding_minilm 80 env TOKENIZERS_PARALLELISM=true "$PY" benchmarks/index_encoding.py --skip-index --device "$DEVICE" --random-weights \
-  --retriever $M/minilm "${MINI[@]}" --batch-size 512 --out "$OUT/index_encoding_gpu_minilm.json"
-part encoding_bge_large 90 env TOKENIZERS_PARALLELISM=true "$PY" benchmarks/index_encoding.py --skip-index --device "$DEVICE" --random-weights \
-  --retriever $M/bge-large-arch "${BGE[@]}" --batch-size 256 --out "$OUT/index_encoding_gpu_bge_large.json"
+ENCODE=(env TOKENIZERS_PARALLELISM=true "$PY" benchmarks/index_encoding.py --skip-index --device "$DEVICE"
+        --random-weights)
+part encoding_minilm 80 "${ENCODE[@]}" --retriever $M/minilm "${MINI[@]}" --batch-size 512 \
+  --out "$OUT/index_encoding_gpu_minilm.json"
+part encoding_bge_large 90 "${ENCODE[@]}" --retriever $M/bge-large-arch "${BGE[@]}" --batch-size 256 \
+  --out "$OUT/index_encoding_gpu_bge_large.json"
 
 TRAIN=("$PY" -m torch.distributed.run --standalone --nproc_per_node 1 -m jsarag train configs/tiny.yaml)
 TINY=(train.steps=3 train.save_every=3 data.max_eval_examples=4 retriever.model=$M/tiny-bert
@@ -89,12 +93,18 @@ Path(sys.argv[1]).write_text(json.dumps(runs, indent=1))
 print("train_cuda:", json.dumps({k: runs[k]["losses"] for k in ("whole", "sharded")}),
       "same:", runs["same_losses_within_1e-5"])
 EOF
-part step_cost_default_micro4 70 "${STEP[@]}" --micro-batch-size 4 --out "$OUT/step_cost_scoring_gpu_default_micro4.json"
+part step_cost_default_micro4 70 "${STEP[@]}" --micro-batch-size 4 \
+  --out "$OUT/step_cost_scoring_gpu_default_micro4.json"
 # The chain of SQuAD's trained weights on the CPU: ~11 distinct proposals and ~4 states per question (31-46% kept);
 # the runs above kept 65% or more. --match-chain picks temperature and logit scale from a grid (20 points, one
 # untimed step per batch each) to come close to it.
 part step_cost_matched_micro4 240 "${STEP[@]}" --micro-batch-size 4 --match-chain 11,4 \
   --out "$OUT/step_cost_scoring_gpu_matched_micro4.json"
+# Fewer states still (~30% kept), 8 timed rounds.
+for mb in 4 1; do
+  part step_cost_matched16_micro$mb 120 "${STEP[@]}" --micro-batch-size $mb --temperature 0.0015 --logit-scale 16 \
+    --repeats $R16 --out "$OUT/step_cost_scoring_gpu_matched16_micro$mb.json"
+done
 part step_cost_sharp_micro1 80 "${STEP[@]}" --micro-batch-size 1 --temperature 0.0008 \
   --out "$OUT/step_cost_scoring_gpu_sharp_micro1.json"
 echo "=== done $(date -u +%T)"

@@ -273,16 +273,13 @@ def host_side(ours, texts: list[str], batch_size: int, repeats: int) -> dict:
     does in series with the model. Near the full rate, the host bounds encoding."""
     import torch
 
-    embed = ours._embed
-    ours._embed = lambda batch: torch.zeros(batch["input_ids"].shape[0], ours.dim)
+    ours._embed = lambda batch: torch.zeros(batch["input_ids"].shape[0], ours.dim)  # shadows the method
     try:
-        seconds = []
-        for _ in range(repeats + 1):  # the first pass warms the tokenizer up
-            began = time.perf_counter()
-            ours.encode(texts, batch_size=batch_size)
-            seconds.append(time.perf_counter() - began)
+        # the first pass warms the tokenizer up
+        seconds = [common.time_once(lambda: ours.encode(texts, batch_size=batch_size), None)[0]
+                   for _ in range(repeats + 1)]
     finally:
-        ours._embed = embed
+        del ours._embed  # the class's method again
     rate = len(texts) / common.median(seconds[1:])
     common.say(f"  host side of jsarag's encode (model stubbed out): {rate:.0f} passages/s")
     return {"passages_per_s": rate, "seconds": [round(t, 4) for t in seconds[1:]]}
@@ -341,8 +338,9 @@ def report(results: dict) -> str:
 def tokenizer_threads(machine: dict) -> str:
     """How the run's tokenizers were threaded: TOKENIZERS_PARALLELISM as the benchmark saw it (unset in runs
     from before it was recorded, when the benchmarks' default of one thread applied)."""
-    setting = machine.get("tokenizers_parallelism_env") or "false"
-    return f"all {machine.get('usable_cores')} cores" if setting.lower() in ("1", "true") else "1 thread"
+    setting = (machine.get("tokenizers_parallelism_env") or "false").lower()
+    off = setting in ("", "off", "false", "f", "no", "n", "0")  # the tokenizers library's own reading
+    return "1 thread" if off else f"all {machine.get('usable_cores')} cores"
 
 
 def report_gpu(runs: dict[str, dict]) -> str:

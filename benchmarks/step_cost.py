@@ -129,6 +129,10 @@ def parse_args(argv=None):
         if getattr(args, flag) is not None and not (args.no_training and args.random_weights):
             p.error(f"--{flag.replace('_', '-')} shapes the chain of random weights: add --random-weights "
                     "--no-training")
+    if args.logit_scale is not None and args.logit_scale <= 0:
+        p.error(f"--logit-scale must be positive, got {args.logit_scale}")
+    if args.match_chain is not None and (args.temperature is not None or args.logit_scale is not None):
+        p.error("--match-chain chooses the temperature and the logit scale: leave out --temperature and --logit-scale")
     if args.match_chain is not None:
         try:
             args.match_chain = tuple(float(x) for x in args.match_chain.split(","))
@@ -170,7 +174,8 @@ def measure(args) -> dict:
     model.to(device)
     model.train()
     stepper = common.Stepper(model, cfg.optim, device, precision)
-    scale = LogitScale(model.generator, args.logit_scale or 1.0)
+    scale = (LogitScale(model.generator, 1.0 if args.logit_scale is None else args.logit_scale)
+             if args.logit_scale is not None or args.match_chain else None)
     if args.match_chain:
         result["calibration"] = match_chain(stepper, scale, batches, K, M, args.match_chain)
     counter = common.ScoreCounter(model.generator)
@@ -180,7 +185,7 @@ def measure(args) -> dict:
         "timed_rounds": repeats,
         "precision": precision, "generator": cfg.generator.model + " + LoRA (r 8, alpha 16, peft default targets)",
         "device": str(device), "random_weights": args.random_weights, "retriever": cfg.retriever.model,
-        "retriever_temperature": model.retriever.temperature, "generator_logit_scale": scale.factor,
+        "retriever_temperature": model.retriever.temperature, "generator_logit_scale": scale.factor if scale else 1.0,
         "score_batch_size": cfg.generator.score_batch_size,
         "seed": args.seed,
         "gradient_checkpointing": cfg.generator.gradient_checkpointing,
@@ -199,7 +204,7 @@ def measure(args) -> dict:
             counter.reset()
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            seconds, metrics = stepper.step(estimators[v], batches[b], seed=1000 + b)
+            seconds, metrics = stepper.step(estimators[v], batches[b], seed=BATCH_SEED + b)
             if device.type == "cuda":
                 metrics["gpu_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
             if kind == "timed":
@@ -241,9 +246,14 @@ class LogitScale:
 
     def __init__(self, generator, factor: float):
         self.factor = factor
-        generator.model.get_output_embeddings().register_forward_hook(lambda _m, _i, out: out * self.factor)
+        self.handle = generator.model.get_output_embeddings().register_forward_hook(
+            lambda _m, _i, out: out * self.factor)
+
+    def remove(self) -> None:
+        self.handle.remove()
 
 
+BATCH_SEED = 1000  # batch b's step runs under torch.manual_seed(BATCH_SEED + b): the same draws for every variant
 TEMPERATURES = (0.0015, 0.003, 0.006, 0.012)  # 0.0008: ~6.5 proposals, 0.1: ~16 (an H200, bf16)
 LOGIT_SCALES = (1.0, 2.0, 4.0, 8.0, 16.0)
 
@@ -252,24 +262,26 @@ def match_chain(stepper, scale: LogitScale, batches, top_k: int, proposals: int,
                 ) -> dict:
     """The (retriever temperature, generator logit scale) of the grid whose chain comes closest to ``target``
     (distinct proposals, distinct states per question; distance: the sum of the two log ratios' absolute values),
-    from one untimed two-pass step per batch at each point, every step from the same initial weights. Sets both
-    on the model and returns the grid's measurements."""
+    from one untimed two-pass step per batch at each point, every step from the same initial weights and with the
+    seed the timed steps give that batch (so that the timed two-pass steps run the chosen chain again). Sets both
+    on the model and returns the grid's measurements; the calibration's optimiser state is freed."""
     model = stepper.model
     estimator = make_estimator("jsa_two_pass", top_k, proposals)
     grid = []
     for t in TEMPERATURES:
         for c in LOGIT_SCALES:
             model.retriever.temperature, scale.factor = t, c
-            seen = [stepper.step(estimator, batch, seed=2000 + b)[1] for b, batch in enumerate(batches)]
+            seen = [stepper.step(estimator, batch, seed=BATCH_SEED + b)[1] for b, batch in enumerate(batches)]
             p, s = (statistics.fmean(m[k] for m in seen) for k in ("distinct_proposals", "distinct_states"))
             grid.append({"temperature": t, "logit_scale": c, "distinct_proposals": round(p, 2),
                          "distinct_states": round(s, 2),
                          "distance": round(abs(math.log(p / target[0])) + abs(math.log(s / target[1])), 3)})
             common.say(f"  match-chain: temperature {t}, logit scale {c}: {p:.1f} proposals / {s:.1f} states")
+    stepper.forget(estimator)
     best = min(grid, key=lambda g: g["distance"])
     model.retriever.temperature, scale.factor = best["temperature"], best["logit_scale"]
     common.say(f"  match-chain: chose temperature {best['temperature']}, logit scale {best['logit_scale']}")
-    return {"target": list(target), "chosen": best, "grid": grid}
+    return {"target": list(target), "chosen": best, "grid": grid, "optimiser_freed": True}
 
 
 def measure_training(args, batch_size: int, top_k: int, proposals: int, passages: int, max_passage_tokens: int
@@ -466,6 +478,7 @@ def report_scoring_gpu(runs: dict[str, dict]) -> str:
                      + " | ".join(cells) + f" | {f(v['rag_sequence']['mean_gpu_peak_mib'], 0)} / "
                      f"{f(two['mean_gpu_peak_mib'], 0)} / {f(one['mean_gpu_peak_mib'], 0)} |")
     counts = sorted({len(d["variants"]["rag_sequence"]["times_s"][warm_rounds(d)]) for d in runs.values()})
+    kept_calibration = [d for d in runs.values() if "calibration" in d and not d["calibration"].get("optimiser_freed")]
     low = [k for k in kept_shares if k < 0.5]
     low_ratios = [ratio(d, "jsa_one_pass", "jsa_two_pass", warm_rounds(d)) for d, k in zip(runs.values(), kept_shares)
                   if k < 0.5]
@@ -478,6 +491,9 @@ def report_scoring_gpu(runs: dict[str, dict]) -> str:
                  f"{f(min(low_ratios))}-{f(max(low_ratios))}. " if low else
                  f"Every run here kept {100 * min(kept_shares):.0f}% or more of its distinct proposals, where one "
                  "pass wins on the CPU as well (above ~60%: section 7). ")
+              + (f"The peak GPU memory of the {'run' if len(kept_calibration) == 1 else 'runs'} chosen by "
+                 "`--match-chain` includes the AdamW state of its calibration steps (freed since). "
+                 if kept_calibration else "")
               + "`auto` runs one pass on CUDA: the same computation as `one_pass`, timed right after it; their "
               "difference is this table's noise. With micro-batches of 1, "
               "two passes draw other proposals than one pass after the first micro-batch: the second pass's LoRA "

@@ -93,15 +93,19 @@ def test_match_chain_sets_the_grid_point_closest_to_the_target():
     seen = []
 
     def step(estimator, batch, seed):
+        assert seed == step_cost.BATCH_SEED + [0, 2].index(batch)  # the seed the timed step of that batch gets
         seen.append((model.retriever.temperature, scale.factor, batch))
         return 0.0, {"distinct_proposals": 1000 * model.retriever.temperature + batch,
                      "distinct_states": 12 / scale.factor}
 
-    out = step_cost.match_chain(SimpleNamespace(model=model, step=step), scale, [0, 2], 10, 50, (4.0, 3.0))
+    forgotten = []
+    stepper = SimpleNamespace(model=model, step=step, forget=forgotten.append)
+    out = step_cost.match_chain(stepper, scale, [0, 2], 10, 50, (4.0, 3.0))
     grid = [(t, c) for t in step_cost.TEMPERATURES for c in step_cost.LOGIT_SCALES]
     assert [(t, c) for t, c, _ in seen] == [p for p in grid for _ in range(2)] and {b for *_, b in seen} == {0, 2}
     assert (out["chosen"]["temperature"], out["chosen"]["logit_scale"]) == (0.003, 4.0)  # 1000*0.003+1 = 4, 12/4 = 3
     assert out["chosen"]["distance"] == 0 and len(out["grid"]) == len(grid)
+    assert len(forgotten) == 1  # the calibration's optimiser is freed before the timed steps
     assert (model.retriever.temperature, scale.factor) == (0.003, 4.0)
     far = next(g for g in out["grid"] if (g["temperature"], g["logit_scale"]) == (0.012, 1.0))
     assert far["distance"] == pytest.approx(abs(math.log(13 / 4)) + abs(math.log(12 / 3)), abs=1e-3)
@@ -119,4 +123,8 @@ def test_logit_scale_multiplies_the_generators_logits():
         after = generator.model(input_ids=ids).logits
         scale.factor = 1.0
         back = generator.model(input_ids=ids).logits
+        scale.factor = 5.0
+        scale.remove()
+        removed = generator.model(input_ids=ids).logits
     assert torch.allclose(after, 3 * before, atol=1e-5) and torch.allclose(back, before)
+    assert torch.equal(removed, before)

@@ -310,6 +310,8 @@ TEXTS = [
     "one two three four five six seven eight nine ten eleven twelve",
     "x y",
     "Retrieval-augmented generation conditions a language model on retrieved passages.",
+    "",
+    "a text longer than the encoder's token limit, cut by truncation " * 60,
 ]
 
 

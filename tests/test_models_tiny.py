@@ -289,18 +289,3 @@ def test_jsa_scores_through_the_injected_scorer(model, batch):
     assert calls == [(len(batch), 6), (len(batch), 6)]  # the proposals, then the chain's states
     assert values[0][0] == pytest.approx(values[1][0], rel=1e-5)
     assert values[0][1] == values[1][1]
-
-
-
-@pytest.mark.parametrize("batch_size", [1, 3, 64])
-def test_encode_returns_each_texts_own_vector_in_input_order(model, batch_size):
-    """Encoder.encode batches texts by length: each row is still its own text's vector (as the encoder gives it
-    alone), in input order, whatever the batch size."""
-    encoder = model.retriever.passage
-    texts = [passage_text(p) for p in tiny_passages(8)] + ["short", "a much longer text " * 20, ""]
-    with torch.no_grad():
-        alone = np.stack([encoder([t])[0].numpy() for t in texts])
-    got = encoder.encode(texts, batch_size=batch_size)
-    assert got.shape == (len(texts), encoder.dim) and got.dtype == np.float32
-    np.testing.assert_allclose(got, alone, atol=1e-5)
-
