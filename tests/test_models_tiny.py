@@ -16,6 +16,7 @@ from jsarag.estimators import ESTIMATORS, JSA, JSAConfig
 from jsarag.estimators.base import count_states
 from jsarag.estimators.jsa import score_distinct
 from jsarag.index import PassageIndex
+from jsarag.models.generator import common_prefix_length
 from jsarag.models.pretrained import ModelNotFoundError
 from jsarag.models.retriever import passage_text
 from jsarag.pipeline import build_model, load_corpus, prepare_index
@@ -116,6 +117,72 @@ def test_sequence_logprob_reductions_batching_and_padding(name, batch):
     torch.testing.assert_close(summed, alone, atol=1e-4, rtol=1e-5)  # padding and batching change nothing
     assert (tokens[~mask[:, None, :].expand_as(tokens)] == 0).all()
     assert (summed < 0).all()
+
+
+def test_common_prefix_length_by_hand():
+    assert common_prefix_length([[1, 2, 3], [1, 2, 4], [1, 2, 3, 5]]) == 2
+    assert common_prefix_length([[1, 2], [1, 2, 3]]) == 2  # a whole sequence can be the prefix
+    assert common_prefix_length([[5, 1], [6, 1]]) == 0
+    assert common_prefix_length([[7, 8, 9]]) == 3
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_scoring_without_gradient_runs_the_shared_head_once_and_changes_nothing(lora, batch):
+    """No gradient: a chunk's common prompt prefix runs once (a [1, H] forward), its keys and values serve every
+    row, and the log-probabilities equal those of full rows; with gradient every row runs in full."""
+    model = make_model(lora=lora)
+    gen = model.generator
+    gen.model.eval()
+    passages = model.retriever.passages(torch.tensor([[0, 5, 1], [2, 7, 3], [4, 6, 5]]))  # lengths differ
+    prompts = [gen.prompts.prompt_ids(q, batch.kind, [p]) for q, ps in zip(batch.queries, passages) for p in ps]
+    gen.score_batch_size = 4  # chunks of 4, 4 and 1 pairs (sorted by prompt length)
+    shapes = []
+    hook = gen.model.get_input_embeddings().register_forward_hook(
+        lambda _m, inp, _o: shapes.append(tuple(inp[0].shape)))
+    try:
+        with torch.no_grad():
+            shared = gen.token_logprobs(batch.queries, batch.kind, passages, batch.answers)[0]
+            heads, shapes[:] = list(shapes), []
+            gen.share_prefix = False
+            full = gen.token_logprobs(batch.queries, batch.kind, passages, batch.answers)[0]
+            full_shapes, shapes[:] = list(shapes), []
+        gen.share_prefix = True
+        with_grad = gen.token_logprobs(batch.queries, batch.kind, passages, batch.answers)[0]
+    finally:
+        hook.remove()
+    torch.testing.assert_close(shared, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(with_grad.detach(), full, atol=1e-5, rtol=1e-5)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    chunks = [[prompts[j] for j in order[i:i + 4]] for i in range(0, len(order), 4)]
+    expected_heads = [min(common_prefix_length(c), min(map(len, c)) - 1) for c in chunks[:2]]
+    assert min(expected_heads) >= len(gen.prompts._head["question"])  # at least the instruction is shared
+    assert heads[0] == (1, expected_heads[0]) and heads[2] == (1, expected_heads[1])  # head, rows, head, rows, rows
+    assert [s[0] for s in heads] == [1, 4, 1, 4, 1]  # the lone last row runs in full
+    assert heads[1][1] == full_shapes[0][1] - expected_heads[0]  # each row shorter by exactly the shared head
+    assert [s[0] for s in full_shapes] == [4, 4, 1] and len(shapes) == 3  # with gradient: full rows only
+
+
+def test_scoring_without_gradient_runs_full_rows_when_the_model_keeps_no_cache(batch):
+    """A model that returns no cache for the head (transformers drops it under activation checkpointing in
+    training mode with gradient; some architectures keep none): the rows run in full, with the same values."""
+    class KeepsNoCache(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, **kwargs):
+            out = self.inner(**kwargs)
+            out.cache = None
+            return out
+
+    model = make_model()
+    gen = model.generator
+    passages = model.retriever.passages(torch.tensor([[0, 5], [2, 7], [4, 6]]))
+    with torch.no_grad():
+        full = gen.sequence_logprob(batch.queries, batch.kind, passages, batch.answers)
+        gen.model = KeepsNoCache(gen.model)
+        fallback = gen.sequence_logprob(batch.queries, batch.kind, passages, batch.answers)
+    torch.testing.assert_close(fallback, full, atol=1e-5, rtol=1e-5)
 
 
 def test_causal_loss_covers_exactly_the_answer_tokens(model):

@@ -88,6 +88,7 @@ class GeneratorConfig:
     max_query_tokens: int = 128
     max_answer_tokens: int = 48
     score_batch_size: int = 32
+    share_prefix: bool = True  # scoring without gradient runs a chunk's shared prompt head once (causal LMs)
     gradient_checkpointing: bool = False
 
     def validate(self) -> None:

@@ -6,6 +6,11 @@ For B examples and K passages each, all B*K (prompt, answer) pairs run as one fl
 of ``score_batch_size``). Causal inputs are laid out as [left padding | prompt | answer | right
 padding] so that every answer starts at the same position: only the last L+1 positions need logits,
 which keeps the [N, L, vocab] tensor small.
+
+Without gradient (JSA's scoring pass, the targets of PDist, LOOP and LSR), a causal chunk's shared prompt
+head (the instruction, or the chat template's system turn: ~20 of ~200 tokens) runs once and its keys and
+values serve every row (``share_prefix``): the same log-probabilities up to rounding, ~10% fewer tokens.
+With gradient every row runs in full, so that the backward needs no shared graph.
 """
 
 from __future__ import annotations
@@ -38,6 +43,15 @@ def _pad_left(seqs: Sequence[Sequence[int]], length: int, value: int) -> torch.T
     return torch.tensor([[value] * (length - len(s)) + list(s) for s in seqs], dtype=torch.long)
 
 
+def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest prefix that every sequence starts with."""
+    first, shortest = seqs[0], min(map(len, seqs))
+    for i in range(shortest):
+        if any(s[i] != first[i] for s in seqs[1:]):
+            return i
+    return shortest
+
+
 def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log softmax(logits)[target] per position: [N, L, V], [N, L] -> [N, L] (float32)."""
     logits = logits.float()
@@ -47,7 +61,7 @@ def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
 
 class Generator(nn.Module):
     def __init__(self, model: nn.Module, tokenizer, prompts: PromptBuilder, *, seq2seq: bool, name: str,
-                 score_batch_size: int = 32):
+                 score_batch_size: int = 32, share_prefix: bool = True):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -55,6 +69,7 @@ class Generator(nn.Module):
         self.seq2seq = seq2seq
         self.name = name
         self.score_batch_size = score_batch_size
+        self.share_prefix = share_prefix
         self.pad_id = tokenizer.pad_token_id
 
     @classmethod
@@ -91,7 +106,7 @@ class Generator(nn.Module):
                                 max_passage_tokens=cfg.max_passage_tokens, max_query_tokens=cfg.max_query_tokens,
                                 max_answer_tokens=cfg.max_answer_tokens)
         return cls(model, tokenizer, prompts, seq2seq=seq2seq, name=cfg.model,
-                   score_batch_size=cfg.score_batch_size)
+                   score_batch_size=cfg.score_batch_size, share_prefix=cfg.share_prefix)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Full weights, or only the LoRA adapter (loadable with peft on top of the base model)."""
@@ -127,14 +142,28 @@ class Generator(nn.Module):
             logits = self.model(input_ids=input_ids, attention_mask=attention, decoder_input_ids=decoder_in,
                                 use_cache=False).logits  # [n, L, V]
         else:
-            width = max(map(len, prompts))
+            # Rows without gradient start from the keys and values of their shared head, run once; every row
+            # keeps at least its last prompt token, whose logit predicts the first answer token.
+            shared = (min(common_prefix_length(prompts), min(map(len, prompts)) - 1)
+                      if self.share_prefix and not torch.is_grad_enabled() and len(prompts) > 1 else 0)
+            past = None
+            if shared:
+                past = self.model(input_ids=torch.tensor([prompts[0][:shared]], device=device),
+                                  use_cache=True).cache
+                if past is None or past.get_seq_length() != shared:  # the model kept no cache: full rows
+                    past, shared = None, 0
+                else:
+                    past.batch_repeat_interleave(len(prompts))
+            rests = [p[shared:] for p in prompts]
+            width = max(map(len, rests))
             rows = [[self.pad_id] * (width - len(p)) + p + t + [self.pad_id] * (length - len(t))
-                    for p, t in zip(prompts, targets)]
-            attention = torch.tensor([[0] * (width - len(p)) + [1] * (len(p) + len(t)) + [0] * (length - len(t))
-                                      for p, t in zip(prompts, targets)], device=device)
-            positions = (attention.cumsum(-1) - 1).clamp(min=0)
+                    for p, t in zip(rests, targets)]
+            attention = torch.tensor([[1] * shared + [0] * (width - len(p)) + [1] * (len(p) + len(t))
+                                      + [0] * (length - len(t)) for p, t in zip(rests, targets)], device=device)
+            positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, shared:]
             out = self.model(input_ids=torch.tensor(rows, device=device), attention_mask=attention,
-                             position_ids=positions, logits_to_keep=length + 1, use_cache=False)
+                             position_ids=positions, logits_to_keep=length + 1, cache=past,
+                             use_cache=past is not None)
             logits = out.logits[:, :length]  # position P-1+t predicts answer token t
         mask = _pad_right([[1] * len(t) for t in targets], length, 0).to(device)
         return gather_logprobs(logits, labels) * mask
