@@ -42,6 +42,7 @@ def sections(folder: Path) -> list[tuple[Callable[[dict], str], dict | None]]:
         return {k: v for part in parts if part for k, v in part.items()} if any(parts) else None
 
     return [(step_cost.report, one("step_cost")),
+            (step_cost.report_training, runs("step_cost_training.json", "step_cost_training_*.json")),
             (step_cost.report_gpu, runs("gpu/step_cost_gpu_*.json")),
             (step_cost.report_scoring_gpu, runs("gpu/step_cost_scoring_gpu_*.json")),
             (index_encoding.report_gpu, runs("gpu/index_encoding_gpu_*.json")),

@@ -35,17 +35,21 @@ EXPECTED = {  # script -> keys of its results (besides "machine")
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", EXPECTED)
-def test_benchmark_runs_end_to_end(name, tmp_path):
+def run_smoke(name: str, tmp_path: Path, *extra: str) -> tuple[dict, str]:
+    """``benchmarks/NAME.py --smoke`` in a subprocess: its results and its standard output."""
     out = tmp_path / f"{name}.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
            "HF_HUB_OFFLINE": "1"}
-    extra = ["--work", str(tmp_path / "work")] if name == "scale" else []
     run = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), "--smoke", "--out", str(out), *extra],
                          cwd=tmp_path, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
-    results = json.loads(out.read_text())
+    return json.loads(out.read_text()), run.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXPECTED)
+def test_benchmark_runs_end_to_end(name, tmp_path):
+    results, stdout = run_smoke(name, tmp_path, *(["--work", str(tmp_path / "work")] if name == "scale" else []))
     assert EXPECTED[name] <= set(results), EXPECTED[name] - set(results)
     assert MACHINE <= set(results["machine"])
     assert {"cpu", "precision", "precision_setting", "device"} <= set(results["machine"]["precision"])
@@ -55,7 +59,19 @@ def test_benchmark_runs_end_to_end(name, tmp_path):
         module = importlib.import_module(name)
         assert set(module.JSA_RANGES + module.STEP_RANGES) <= set(results["ranges"])
     section = importlib.import_module(name).report(results)
-    assert section.startswith("## ") and section in run.stdout  # main prints the report of what it wrote
+    assert section.startswith("## ") and section in stdout  # main prints the report of what it wrote
+
+
+@pytest.mark.slow
+def test_step_cost_training_only_trains_the_named_estimators(tmp_path):
+    names = ["rag_sequence", "jsa", "jsa_unshared"]
+    results, stdout = run_smoke("step_cost", tmp_path, "--training-only", "--training-variants", ",".join(names))
+    training = results["in_training"]
+    assert list(training["per_estimator"]) == names and "variants" not in results  # nothing timed at init
+    assert {"jsa_over_rag_sequence", "jsa_unshared_over_rag_sequence"} <= set(training)
+    assert training["per_estimator"]["jsa_unshared"]["mean_distinct_states"] >= 1
+    section = importlib.import_module("step_cost").report_training({"run": results})
+    assert section.startswith("### ") and "| jsa_unshared |" in section and section in stdout
 
 
 def test_report_reproduces_docs_benchmarks_from_the_committed_results():
