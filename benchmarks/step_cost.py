@@ -60,6 +60,7 @@ TRAINED = {"rag_sequence": ["estimator.name=rag_sequence"],
 TRAINED_DEFAULT = ("rag_sequence", "vrag", "jsa")
 TARGET = "<= 0.8"  # JSA / RAG-Sequence during training on the CPU (issue 15)
 SCORING_NOTES = Path(__file__).resolve().parent / "notes" / "step_cost_scoring.md"
+TRAINING_NOTES = Path(__file__).resolve().parent / "notes" / "step_cost_training.md"
 
 
 def score_every_pick(model, batch, rows, picks, reduction):
@@ -351,6 +352,7 @@ def measure_training(args, batch_size: int, top_k: int, proposals: int, passages
     return {"per_estimator": out, **{f"{name}_over_rag_sequence": out[name]["mean_s"] / rag for name in out
                                      if name != "rag_sequence"},
             "shape": {"batch_size": batch_size, "steps": steps, "top_k": top_k, "proposals": proposals,
+                      "seed": args.seed,
                       "passages": passages, "max_passage_tokens": max_passage_tokens,
                       "data": str(common.data_dir(args)), "lr": str(base.relative_to(common.REPO))}}
 
@@ -419,7 +421,7 @@ def report_training(runs: dict[str, dict]) -> str:
                   + f"; load average at start / end {m.get('load_average_at_start', ['?'])[0]:.1f} / "
                   f"{m.get('load_average_at_end', ['?'])[0]:.1f}. B={shape['batch_size']}, K={shape['top_k']}, "
                   f"m={shape['proposals']}, {shape['passages']} passages of at most {shape['max_passage_tokens']} "
-                  f"tokens, mean over steps 2..{shape['steps']}:", "",
+                  f"tokens, seed {shape.get('seed', 0)}, mean over steps 2..{shape['steps']}:", "",
                   "| estimator | mean s / step | / RAG-Sequence | distinct proposals / states per question |",
                   "|---|---|---|---|"]
         for name, v in t["per_estimator"].items():
@@ -428,6 +430,8 @@ def report_training(runs: dict[str, dict]) -> str:
             chain = (f"{f(v['mean_distinct_proposals'], 1)} / {f(v['mean_distinct_states'], 1)}"
                      if "mean_distinct_states" in v else "-")
             lines.append(f"| {name} | {f(v['mean_s'])} | {f(ratio) if ratio is not None else '1'}{mark} | {chain} |")
+    if TRAINING_NOTES.is_file():
+        lines += ["", TRAINING_NOTES.read_text().strip()]
     return "\n".join(lines)
 
 
