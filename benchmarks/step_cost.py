@@ -134,7 +134,6 @@ def parse_args(argv=None):
         p.error(f"--training-variants: rag_sequence and a subset of {tuple(TRAINED)}, got {args.training_variants}")
     if args.training_only and args.no_training:
         p.error("--training-only and --no-training exclude each other")
-
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if set(args.variants) - set(VARIANTS + SCORING_VARIANTS):
         p.error(f"unknown variant(s) {sorted(set(args.variants) - set(VARIANTS + SCORING_VARIANTS))}")
@@ -177,18 +176,16 @@ def measure(args) -> dict:
     device = torch.device(args.device)
     precision = dist.resolve_precision("auto", device)
     warmups = n_batches if device.type == "cuda" else 1  # warm-up rounds
+    n_passages, max_tokens = pick(args, "passages", 1000, 300, 40), pick(args, "max_passage_tokens", 192, 96, 32)
     result = {"benchmark": NAME, "size": common.size(args), "quick": args.quick, "machine": common.machine(args.device)}
     if args.training_only:  # section 1's second table (report_training)
-        result["in_training"] = measure_training(args, B, K, M, pick(args, "passages", 1000, 300, 40),
-                                                 pick(args, "max_passage_tokens", 192, 96, 32))
+        result["in_training"] = measure_training(args, B, K, M, n_passages, max_tokens)
         result["wall_s"] = round(time.perf_counter() - began, 2)
         return result
-    corpus, examples = common.squad_setup(common.data_dir(args), B * n_batches, pick(args, "passages", 1000, 300, 40),
-                                          args.seed)
+    corpus, examples = common.squad_setup(common.data_dir(args), B * n_batches, n_passages, args.seed)
     batches = [[Batch.from_examples(examples[i * B + j: i * B + j + micro]) for j in range(0, B, micro)]
                for i in range(n_batches)]
     names = common.models(args)
-    max_tokens = pick(args, "max_passage_tokens", 192, 96, 32)
     model, cfg = common.build_rag(corpus, max_passage_tokens=max_tokens, seed=args.seed,
                                   random_weights=args.random_weights, temperature=args.temperature, **names)
     model.to(device)
@@ -418,8 +415,8 @@ def report_training(runs: dict[str, dict]) -> str:
         m, t = d["machine"], d["in_training"]
         shape = t["shape"]
         lines += ["", f"{m.get('cpu_model')}, {m.get('torch_threads')} torch threads" + common.precision_note(m)
-                  + f"; load average at start / end {m.get('load_average_at_start', ['?'])[0]:.1f} / "
-                  f"{m.get('load_average_at_end', ['?'])[0]:.1f}. B={shape['batch_size']}, K={shape['top_k']}, "
+                  + f"; load average at start / end {m['load_average_at_start'][0]:.1f} / "
+                  f"{m['load_average_at_end'][0]:.1f}. B={shape['batch_size']}, K={shape['top_k']}, "
                   f"m={shape['proposals']}, {shape['passages']} passages of at most {shape['max_passage_tokens']} "
                   f"tokens, seed {shape.get('seed', 0)}, mean over steps 2..{shape['steps']}:", "",
                   "| estimator | mean s / step | / RAG-Sequence | distinct proposals / states per question |",
