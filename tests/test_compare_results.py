@@ -14,6 +14,7 @@ from helpers import REPO, jsarag, jsarag_logged
 from jsarag.config import load_config
 from jsarag.errors import UserError
 from jsarag.study import compare
+from jsarag.study import results as results_module
 from jsarag.study.results import RunResult, check, load_result, result_path, save_result, settings_of
 
 TINY = REPO / "configs" / "tiny.yaml"
@@ -143,6 +144,60 @@ def test_a_result_from_other_settings_is_refused_naming_the_file_and_what_differ
                                                   "at seed 1")):
         check(result, method="jsa_sum", seed=1, settings=result.settings, source=path)
     assert check(result, method="jsa_sum", seed=2, settings=result.settings, source=path) is result
+
+
+def test_a_result_that_differs_only_in_how_it_computed_joins_the_comparison_and_the_page_says_so(tmp_path):
+    """A file written before `generator.share_prefix` existed, or with a smaller scoring batch, is the same
+    computation up to rounding: accepted, and named on the page; a difference in what is computed still refuses."""
+    here = settings_of(load_config(TINY))
+    assert here["generator.share_prefix"] is True
+    older = settings_of(load_config(TINY, ["generator.score_batch_size=2", "eval.batch_size=3"]))
+    del older["generator.share_prefix"]  # recorded before the option existed
+    result = a_result()
+    result.settings = older
+    assert check(result, method="jsa_sum", seed=2, settings=here, source=tmp_path / "f.json") is result
+    result.settings = {**older, "train.steps": 8}
+    with pytest.raises(UserError, match=r"other settings than this comparison: train.steps=8 \(here 4\)$"):
+        check(result, method="jsa_sum", seed=2, settings=here, source=tmp_path / "f.json")
+
+    def run(method, seed, settings):
+        r = a_result()
+        r.method, r.seed, r.settings = method, seed, settings
+        return r
+
+    results = [run("untrained", -1, here), run("jsa_sum", 0, older), run("rag_sequence", 0, older),
+               run("jsa_sum", 1, here), run("rag_sequence", 1, older)]
+    assert results_module.how_settings_differ(results) == [
+        "`generator.share_prefix` True in the untrained models, seed 1 (jsa_sum); False (not recorded: run before "
+        "the option existed) in seed 0, seed 1 (rag_sequence)",
+        "`generator.score_batch_size` 64 in the untrained models, seed 1 (jsa_sum); 2 in seed 0, seed 1 "
+        "(rag_sequence)",
+        "`eval.batch_size` 8 in the untrained models, seed 1 (jsa_sum); 3 in seed 0, seed 1 (rag_sequence)"]
+    both = [results[0], *(run(m, s, older) for s in (0, 1, 2) for m in ("jsa_sum", "rag_sequence"))]
+    assert results_module.how_settings_differ(both)[0] == (
+        "`generator.share_prefix` True in the untrained models; False (not recorded: run before the option "
+        "existed) in seeds 0, 1, 2")
+    text = compare.settings_text(load_config(TINY), config=TINY, overrides=[], results=results)
+    assert "- The runs differ in how they computed, not in what: `generator.share_prefix` True in" in text
+    alike = [results[0], results[3]]
+    assert results_module.how_settings_differ(alike) == []
+    assert "differ in how" not in compare.settings_text(load_config(TINY), config=TINY, overrides=[],
+                                                        results=alike)
+
+
+def test_a_committed_variance_table_is_read_back_across_settings_of_how_but_not_of_what(tmp_path):
+    here = settings_of(load_config(TINY))
+    key = {"draws": 20, "methods": ["jsa_sum"], "settings": here}
+    older = dict(here, **{"generator.score_batch_size": 2})
+    del older["generator.share_prefix"]
+    path = tmp_path / "variance.json"
+    path.write_text(json.dumps({"key": {**key, "settings": older}, "value": {"rows": 1}}))
+    read = results_module.read_cached
+    assert read(path, key) is None  # plain equality: the keys differ
+    assert read(path, key, compare._same_variance_key) == {"rows": 1}
+    for other in ({**key, "draws": 10}, {**key, "methods": ["rag_sequence"]},
+                  {**key, "settings": dict(here, **{"train.steps": 8})}):
+        assert read(path, other, compare._same_variance_key) is None
 
 
 def test_from_results_names_the_missing_result_file(tmp_path):

@@ -23,8 +23,9 @@ but no run folder is read from its file, never trained again; so a long comparis
 
 ``--from-results`` trains, evaluates and loads nothing (no run folder, index or model): every result file that
 the seeds and methods name must be there, and the variance table is the committed one or is left out, saying
-why. A result file from other settings is refused. Every machine writes runs/untrained.json: the same bytes on
-machines of one kind; where two kinds differ (e.g. one computes in bf16, the other in fp32), keep either.
+why. A result file from other settings is refused (those that change only how it computed excepted; the page
+lists them). Every machine writes runs/untrained.json: the same bytes on machines of one kind; where two kinds
+differ (e.g. one computes in bf16, the other in fp32), keep either.
 """
 
 from __future__ import annotations
@@ -53,10 +54,12 @@ from jsarag.study.results import (
     RunResult,
     cached_json,
     check,
+    how_settings_differ,
     load_result,
     read_cached,
     result_path,
     save_result,
+    settings_changed,
     settings_of,
 )
 from jsarag.study.variance import format_variance, gradient_variance
@@ -206,14 +209,22 @@ def variance_rows(config: str | Path, out: Path, *, methods: list[str], override
         return [], "Not computed for this page (`--variance-draws 0`)."
     key = {"draws": draws, "methods": methods, "settings": settings_of(load_config(config, overrides))}
     if from_results:
-        value = read_cached(path, key)
+        value = read_cached(path, key, _same_variance_key)
         if value is None:
             return [], (f"Not among the committed results: `{path}` is missing or holds other draws, methods or "
                         f"settings (`jsarag compare` without `--from-results` computes it).")
     else:
         value = cached_json(path, lambda: gradient_variance(
-            config, [*overrides, f"index.path={_study_index(config, out, overrides)}"], methods, draws=draws), key)
+            config, [*overrides, f"index.path={_study_index(config, out, overrides)}"], methods, draws=draws), key,
+            _same_variance_key)
     return format_variance(value), ""
+
+
+def _same_variance_key(saved: dict | None, key: dict) -> bool:
+    """Whether a saved variance table is this page's: the same draws and methods, settings that differ at most in
+    how they compute (``settings_changed``)."""
+    return (saved is not None and (saved["draws"], saved["methods"]) == (key["draws"], key["methods"])
+            and not settings_changed(saved["settings"], key["settings"]))
 
 
 def _precision_text(setting: str, results: Sequence[RunResult]) -> str:
@@ -264,7 +275,18 @@ def settings_text(cfg, *, config: str | Path, overrides: list[str], results: Seq
         f"precision {_precision_text(t.precision, results)}.",
         f"- Evaluation on `{cfg.eval.split}` ({cfg.data.max_eval_examples or 'all'} examples): the prior's top "
         f"{cfg.eval.top_k}, decoding `{cfg.eval.decode}`, at most {cfg.eval.max_new_tokens} new tokens.",
+        *_how_lines(results),
     ])
+
+
+def _how_lines(results: Sequence[RunResult]) -> list[str]:
+    """The settings line on runs that computed the same things differently (``how_settings_differ``), if any."""
+    phrases = how_settings_differ(results)
+    if not phrases:
+        return []
+    return ["- The runs differ in how they computed, not in what: " + "; ".join(phrases) + ". The arithmetic is the "
+            "same up to floating-point rounding, which can still move a sampler's path (an acceptance near a tie "
+            "goes the other way), as a change of machine can."]
 
 
 # ---- statistics ---------------------------------------------------------------------------------

@@ -14,13 +14,19 @@ infinities). A file takes about 2.5 KB of settings, 120 bytes per evaluation que
 make 28 KB, 1,000 steps 320 KB.
 
 Each machine that runs some of a comparison's seeds commits its files; the report is rebuilt from all of
-them. A file from other settings is refused (``check``) with a line that names it and what differs.
+them. A file from other settings is refused (``check``) with a line that names it and what differs, except for
+settings that change how a run computes but not what (``HOW_NOT_WHAT``: batch sizes of scoring and encoding, the
+shared prompt head, activation checkpointing). Those are recorded too, so that a file written before such an option
+existed, or on a machine that needed a smaller batch, still joins the report, and the report says where its runs
+differ (``how_settings_differ``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import operator
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -34,6 +40,13 @@ from jsarag.study.methods import UNTRAINED
 # and how a run is watched, not what it learns.
 NOT_COMPARED = ("train.seed", "index.path", "train.progress", "train.tensorboard", "train.save_every",
                 "train.keep_checkpoints")
+# Config keys that change how a run computes, not what: the same arithmetic up to floating-point rounding (which
+# can still move a sampler's path, as any change of rounding does). Each result records them; results that differ
+# in them are compared all the same, and the report names the differences (``how_settings_differ``).
+HOW_NOT_WHAT = ("generator.share_prefix", "generator.score_batch_size", "generator.gradient_checkpointing",
+                "index.batch_size", "eval.batch_size")
+# What a run did about a key of HOW_NOT_WHAT that its result does not record, having run before the key existed.
+BEFORE_RECORDED = {"generator.share_prefix": False}
 SIGNIFICANT_DIGITS = 6
 
 
@@ -111,15 +124,53 @@ def check(result: RunResult, *, method: str, seed: int, settings: dict[str, Any]
     if (result.method, result.seed) != (method, seed):
         raise UserError(f"{source} holds the result of {_run_name(result.method, result.seed)}, "
                         f"not of {_run_name(method, seed)}")
-    unset = object()
-    changed = [key for key in dict.fromkeys([*settings, *result.settings])
-               if result.settings.get(key, unset) != settings.get(key, unset)]
+    changed = settings_changed(result.settings, settings)
     if changed:
         shown = "; ".join(f"{key}={_shown(result.settings, key)} (here {_shown(settings, key)})"
                           for key in changed[:3])
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
         raise UserError(f"{source} ran with other settings than this comparison: {shown}{more}")
     return result
+
+
+def settings_changed(saved: dict[str, Any], here: dict[str, Any]) -> list[str]:
+    """The keys whose values differ between two runs' settings, less ``HOW_NOT_WHAT``; a key one of them lacks
+    differs."""
+    unset = object()
+    return [key for key in dict.fromkeys([*here, *saved])
+            if key not in HOW_NOT_WHAT and saved.get(key, unset) != here.get(key, unset)]
+
+
+def how_settings_differ(results: Sequence[RunResult]) -> list[str]:
+    """For each key of ``HOW_NOT_WHAT`` whose value is not the same in every result, one phrase: each value and the
+    runs that had it (``BEFORE_RECORDED`` stands in for a key a result lacks)."""
+    phrases = []
+    for key in HOW_NOT_WHAT:
+        runs: dict[str, list[RunResult]] = {}
+        for r in results:
+            value = (repr(r.settings[key]) if key in r.settings else
+                     f"{BEFORE_RECORDED[key]!r} (not recorded: run before the option existed)"
+                     if key in BEFORE_RECORDED else "not recorded")
+            runs.setdefault(value, []).append(r)
+        if len(runs) > 1:
+            phrases.append(f"`{key}` " + "; ".join(f"{value} in {_runs_text(group, results)}"
+                                                   for value, group in runs.items()))
+    return phrases
+
+
+def _runs_text(group: list[RunResult], results: Sequence[RunResult]) -> str:
+    """``group``, a part of ``results``, named by whole seeds where it holds every run of a seed."""
+    untrained, whole, partial = [], [], []
+    for seed in dict.fromkeys(sorted(r.seed for r in group)):
+        mine = [r.method for r in group if r.seed == seed]
+        if seed == -1:
+            untrained.append("the untrained models")
+        elif len(mine) == sum(r.seed == seed for r in results):
+            whole.append(seed)
+        else:
+            partial.append(f"seed {seed} ({', '.join(mine)})")
+    seeds = [f"seed{'s' * (len(whole) > 1)} {', '.join(map(str, whole))}"] if whole else []
+    return ", ".join([*untrained, *seeds, *partial])
 
 
 def result_path(runs_dir: Path, method: str, seed: int) -> Path:
@@ -137,11 +188,11 @@ def load_result(path: Path) -> RunResult:
         raise UserError(f"{path} is not a comparison's result file ({err})") from None
 
 
-def read_cached(path: Path, key: object = None):
-    """The value ``cached_json`` saved in ``path`` for ``key``, or None."""
+def read_cached(path: Path, key: object = None, same: Callable[[Any, Any], bool] = operator.eq):
+    """The value ``cached_json`` saved in ``path`` for ``key`` (or for a key ``same`` as it), or None."""
     if path.is_file():
         saved = json.loads(path.read_text())
-        if saved.get("key") == key:
+        if same(saved.get("key"), key):
             return saved["value"]
     return None
 
@@ -161,11 +212,11 @@ def finite_or_null(value: Any, digits: int | None = None) -> Any:
     return value
 
 
-def cached_json(path: Path, compute, key: object = None):
+def cached_json(path: Path, compute, key: object = None, same: Callable[[Any, Any], bool] = operator.eq):
     """``compute()``, saved as strict JSON in ``path`` and read back on later calls with the same ``key``
     (diagnostics of finished runs do not change; a study's report can be re-rendered in seconds). A value that is
     not finite is saved as null, and the first call returns what later ones read: the saved value."""
-    value = read_cached(path, key)
+    value = read_cached(path, key, same)
     if value is None:
         text = json.dumps(finite_or_null({"key": key, "value": compute()}), indent=2, allow_nan=False)
         write_text_atomic(path, text)
