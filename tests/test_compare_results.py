@@ -185,6 +185,24 @@ def test_a_result_that_differs_only_in_how_it_computed_joins_the_comparison_and_
                                                         results=alike)
 
 
+def test_a_run_folder_from_before_an_option_of_how_is_recorded_without_it(tmp_path):
+    """Collecting an old run folder again must not record today's default for an option its config.yaml lacks."""
+    import yaml
+
+    from jsarag.config import save_config
+
+    path = tmp_path / "config.yaml"
+    save_config(load_config(TINY), path)
+    today = results_module.run_settings(load_config(path, saved=True), path)
+    assert today == settings_of(load_config(TINY)) and today["generator.share_prefix"] is True
+    old = yaml.safe_load(path.read_text())
+    del old["generator"]["share_prefix"], old["generator"]["score_batch_size"]
+    path.write_text(yaml.safe_dump(old))
+    recorded = results_module.run_settings(load_config(path, saved=True), path)
+    assert recorded == {k: v for k, v in today.items()
+                        if k not in ("generator.share_prefix", "generator.score_batch_size")}
+
+
 def test_a_committed_variance_table_is_read_back_across_settings_of_how_but_not_of_what(tmp_path):
     here = settings_of(load_config(TINY))
     key = {"draws": 20, "methods": ["jsa_sum"], "settings": here}

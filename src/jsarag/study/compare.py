@@ -58,6 +58,7 @@ from jsarag.study.results import (
     load_result,
     read_cached,
     result_path,
+    run_settings,
     save_result,
     settings_changed,
     settings_of,
@@ -122,7 +123,8 @@ def _collect(method: str, seed: int, folder: Path, eval_dir: Path, signal_exampl
     summary = json.loads((eval_dir / "summary.json").read_text())
     summary.update(cached_json(folder / "eval" / "retriever_recall.json",
                                lambda: retriever_recall(cfg, checkpoint, index_dir)))
-    result = RunResult(method, seed, summary, _per_question(eval_dir / "predictions.jsonl"), settings=settings_of(cfg))
+    result = RunResult(method, seed, summary, _per_question(eval_dir / "predictions.jsonl"),
+                       settings=run_settings(cfg, folder / "config.yaml"))
     if signal_examples > 0:
         result.signal = cached_json(folder / "learning_signal.json",
                                     lambda: learning_signal(cfg, checkpoint, index_dir, limit=signal_examples),

@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from jsarag.configtools import flatten, to_dict
 from jsarag.errors import UserError
 from jsarag.fileio import write_text_atomic
@@ -102,6 +104,14 @@ def settings_of(cfg) -> dict[str, Any]:
     used = f"estimator.{cfg.estimator.name}."
     return {key: _json_safe(value) for key, value in flatten(to_dict(cfg)).items() if key not in NOT_COMPARED
             and (not key.startswith("estimator.") or key.count(".") == 1 or key.startswith(used))}
+
+
+def run_settings(cfg, saved_config: Path) -> dict[str, Any]:
+    """``settings_of(cfg)`` for a run folder whose config.yaml (``saved_config``) ``cfg`` was loaded from, less the
+    keys of ``HOW_NOT_WHAT`` that the file lacks: a run from before such an option existed did not run with today's
+    default (``BEFORE_RECORDED`` says what it did)."""
+    saved = flatten(yaml.safe_load(saved_config.read_text()) or {})
+    return {key: value for key, value in settings_of(cfg).items() if key in saved or key not in HOW_NOT_WHAT}
 
 
 def _json_safe(value: Any) -> Any:
