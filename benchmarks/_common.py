@@ -131,6 +131,10 @@ def _version(dist: str) -> str | None:
         return None
 
 
+# Environment variables that cap the kernels torch, oneDNN and MKL pick, below what the CPU has.
+KERNEL_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
 def machine(device: str = "cpu") -> dict[str, Any]:
     """Where the figures came from: CPU, cores, threads, memory, load, library versions, and in ``precision``
     the training log's header (``jsarag.train.distributed.precision_header``): the CPU's kernel capability and
@@ -156,6 +160,8 @@ def machine(device: str = "cpu") -> dict[str, Any]:
         "faiss_omp_threads": faiss.omp_get_max_threads(),
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
         "tokenizers_parallelism_env": os.environ.get("TOKENIZERS_PARALLELISM"),
+        # Set when a run stands in for an older CPU by holding the kernels back (e.g. at AVX2).
+        "kernel_limits_env": {name: os.environ[name] for name in KERNEL_LIMITS if name in os.environ},
         "load_average_at_start": list(os.getloadavg()),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -518,8 +524,10 @@ def precision_note(m: dict) -> str:
     """"; torch AVX512 kernels, native bf16, `train.precision: auto` resolves to bf16" from a machine section
     (older results: the flat keys they had, or nothing)."""
     header = m.get("precision")
+    limits = " ".join(f"{k}={v}" for k, v in m.get("kernel_limits_env", {}).items())
+    held = f" (held there by `{limits}`)" if limits else ""
     if isinstance(header, dict):
-        return f"; torch {header['cpu']}, `train.precision: auto` resolves to {header['precision']}"
+        return f"; torch {header['cpu']}{held}, `train.precision: auto` resolves to {header['precision']}"
     if "precision_auto" in m:
         return f"; torch {m['cpu_capability']}, `train.precision: auto` resolves to {m['precision_auto']}"
     return ""

@@ -144,3 +144,20 @@ def test_logit_scale_multiplies_the_generators_logits():
         removed = generator.model(input_ids=ids).logits
     assert torch.allclose(after, 3 * before, atol=1e-5) and torch.allclose(back, before)
     assert torch.equal(removed, before)
+
+
+def test_a_machine_whose_kernels_were_held_back_says_so(monkeypatch):
+    """A run standing in for an AVX2-only CPU (kernels capped by environment variables) records the cap, and its
+    machine line names it; a run without a cap names none."""
+    common = importlib.import_module("_common")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.delenv("MKL_ENABLE_INSTRUCTIONS", raising=False)
+    m = common.machine()
+    assert m["kernel_limits_env"] == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    header = {"precision": "fp32", "cpu": "AVX2 kernels, native bf16"}
+    assert common.precision_note({"precision": header, "kernel_limits_env": m["kernel_limits_env"]}) == (
+        "; torch AVX2 kernels, native bf16 (held there by `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`), "
+        "`train.precision: auto` resolves to fp32")
+    assert common.precision_note({"precision": header}) == (
+        "; torch AVX2 kernels, native bf16, `train.precision: auto` resolves to fp32")
