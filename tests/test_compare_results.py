@@ -13,6 +13,7 @@ from helpers import REPO, jsarag, jsarag_logged
 
 from jsarag.config import load_config
 from jsarag.errors import UserError
+from jsarag.provenance import code_header
 from jsarag.study import compare
 from jsarag.study import results as results_module
 from jsarag.study.results import RunResult, check, load_result, result_path, save_result, settings_of
@@ -203,6 +204,25 @@ def test_a_run_folder_from_before_an_option_of_how_is_recorded_without_it(tmp_pa
                         if k not in ("generator.share_prefix", "generator.score_batch_size")}
 
 
+def test_the_page_names_the_code_each_run_trained_with():
+    def run(method, seed, *headers):
+        r = a_result()
+        r.method, r.seed, r.headers = method, seed, list(headers)
+        return r
+
+    cpu = {"precision": "bf16", "precision_setting": "auto", "device": "cpu", "cpu": "AVX512 kernels, native bf16"}
+    a, b = {**cpu, "jsarag": "0.1.0", "commit": "aaaaaaaaaaaa"}, {**cpu, "jsarag": "0.1.0", "commit": "bbbbbbbbbbbb"}
+    results = [run("untrained", -1), run("jsa_sum", 0, cpu), run("rag_sequence", 0, cpu), run("jsa_sum", 1, a),
+               run("rag_sequence", 1, a, b), run("jsa_sum", 2, {**cpu, "jsarag": "0.2.0"})]
+    assert compare._code_lines(results) == [
+        "- Code the runs trained with (jsarag's commit, or its version outside a git checkout): not recorded in the "
+        "untrained models, seed 0; `aaaaaaaaaaaa` in seed 1 (jsa_sum); `aaaaaaaaaaaa`, `bbbbbbbbbbbb` in seed 1 "
+        "(rag_sequence); `0.2.0` in seed 2."]
+    assert compare._code_lines(results[:3]) == []  # nothing recorded: no line
+    text = compare.settings_text(load_config(TINY), config=TINY, overrides=[], results=results)
+    assert "- Code the runs trained with" in text
+
+
 def test_a_committed_variance_table_is_read_back_across_settings_of_how_but_not_of_what(tmp_path):
     here = settings_of(load_config(TINY))
     key = {"draws": 20, "methods": ["jsa_sum"], "settings": here}
@@ -275,7 +295,10 @@ def test_the_report_of_both_machines_seeds_is_rebuilt_from_the_result_files_alon
     assert not (machines / "nowhere").exists()
     report = (results / "tiny.md").read_text()
     for needle in ("| untrained | 1 |", "| rag_sequence | 2 |", "| frozen_retriever | 2 |", "--seeds 0,1 ",
-                   "On the first 2 training questions", "Not computed for this page (`--variance-draws 0`)."):
+                   "On the first 2 training questions",
+                   f"- Code the runs trained with (jsarag's commit, or its version outside a git checkout): not "
+                   f"recorded in the untrained models; `{code_header().get('commit', code_header()['jsarag'])}` in "
+                   "seeds 0, 1.", "Not computed for this page (`--variance-draws 0`)."):
         assert needle in report, needle
     significance = next(line for line in report.splitlines() if line.startswith("| frozen_retriever | ")
                         and "[" in line)

@@ -100,6 +100,7 @@ def test_the_grad_scaler_scales_only_fp16_and_an_overflow_skips_the_step():
 
 
 def test_the_run_header_records_the_resolved_precision(cpu, tmp_path, capsys):
+    from jsarag.provenance import code_header
     from jsarag.train.logger import read_metrics
     from jsarag.train.loop import train
 
@@ -111,4 +112,5 @@ def test_the_run_header_records_the_resolved_precision(cpu, tmp_path, capsys):
     headers = [r for r in read_metrics(tmp_path / "run") if "run" in r]
     assert [r["step"] for r in headers] == [0, 1]  # one per start; the resumed one at its checkpoint's step
     assert headers[0]["run"] == {"precision": "fp32", "precision_setting": "auto", "device": "cpu",
-                                 "cpu": "AVX2 kernels, native bf16", "processes": 1}  # one process: no group
+                                 "cpu": "AVX2 kernels, native bf16", "processes": 1,  # one process: no group
+                                 **code_header()}

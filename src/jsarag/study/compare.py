@@ -59,6 +59,7 @@ from jsarag.study.results import (
     read_cached,
     result_path,
     run_settings,
+    runs_text,
     save_result,
     settings_changed,
     settings_of,
@@ -278,7 +279,20 @@ def settings_text(cfg, *, config: str | Path, overrides: list[str], results: Seq
         f"- Evaluation on `{cfg.eval.split}` ({cfg.data.max_eval_examples or 'all'} examples): the prior's top "
         f"{cfg.eval.top_k}, decoding `{cfg.eval.decode}`, at most {cfg.eval.max_new_tokens} new tokens.",
         *_how_lines(results),
+        *_code_lines(results),
     ])
+
+
+def _code_lines(results: Sequence[RunResult]) -> list[str]:
+    """The code the runs trained with, from their logs' headers (``provenance.code_header``), if any recorded it."""
+    code: dict[str, list[RunResult]] = {}
+    for r in results:
+        ran = sorted({h.get("commit", h["jsarag"]) for h in r.headers if "jsarag" in h})
+        code.setdefault(", ".join(f"`{c}`" for c in ran) or "not recorded", []).append(r)
+    if set(code) == {"not recorded"}:
+        return []
+    return ["- Code the runs trained with (jsarag's commit, or its version outside a git checkout): "
+            + "; ".join(f"{c} in {runs_text(group, results)}" for c, group in code.items()) + "."]
 
 
 def _how_lines(results: Sequence[RunResult]) -> list[str]:

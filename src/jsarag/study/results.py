@@ -6,7 +6,7 @@
 
 A run's file is its ``RunResult`` (``to_json`` / ``from_json``): the evaluation summary, the per-question
 scores that the paired bootstrap resamples, step-time statistics, peak memory, the log headers (precision
-and hardware of each start), the learning signal, the metrics curve restricted to the keys the report reads,
+hardware and code of each start), the learning signal, the metrics curve restricted to the keys the report reads,
 and ``settings``: the resolved config the run trained with (``settings_of``). Measured values are kept to 6
 significant digits; a value that was not measured or is not finite is null (strict JSON has neither NaN nor
 infinities). A file takes about 2.5 KB of settings, 120 bytes per evaluation question (three scores under a
@@ -163,12 +163,12 @@ def how_settings_differ(results: Sequence[RunResult]) -> list[str]:
                      if key in BEFORE_RECORDED else "not recorded")
             runs.setdefault(value, []).append(r)
         if len(runs) > 1:
-            phrases.append(f"`{key}` " + "; ".join(f"{value} in {_runs_text(group, results)}"
+            phrases.append(f"`{key}` " + "; ".join(f"{value} in {runs_text(group, results)}"
                                                    for value, group in runs.items()))
     return phrases
 
 
-def _runs_text(group: list[RunResult], results: Sequence[RunResult]) -> str:
+def runs_text(group: list[RunResult], results: Sequence[RunResult]) -> str:
     """``group``, a part of ``results``, named by whole seeds where it holds every run of a seed."""
     untrained, whole, partial = [], [], []
     for seed in dict.fromkeys(sorted(r.seed for r in group)):

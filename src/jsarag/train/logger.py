@@ -2,7 +2,8 @@
 
 Each start of a run (fresh or resumed) first logs a header, ``{"step": START, "run": {...}}``: the precision
 set and resolved, the device and the CPU's capability (``distributed.precision_header``), the number of processes
-and the process group's backend if there is one (``distributed.process_header``); TensorBoard skips it.
+and the process group's backend if there is one (``distributed.process_header``), jsarag's version and
+commit (``provenance.code_header``); TensorBoard skips it.
 
 Only the main process writes. On resume, lines logged after the checkpoint (by the run that was
 killed) are dropped, so the file reads as one uninterrupted run.

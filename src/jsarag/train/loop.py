@@ -45,6 +45,7 @@ from jsarag.pipeline import (
     prepare_index,
     save_run_config,
 )
+from jsarag.provenance import code_header
 from jsarag.train import distributed as dist
 from jsarag.train.checkpoint import (
     checkpoint_step,
@@ -180,7 +181,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, env: dist.DistEnv, held: co
         dist.set_rng_state(rng_states[env.rank])
     schedule = BatchSchedule(len(train_set), tc.batch_size, tc.seed)
     logger = RunLogger(run_dir, enabled=env.is_main, tensorboard=tc.tensorboard, resume_step=start)
-    header = {**dist.precision_header(tc.precision, env.device), **dist.process_header(env)}
+    header = {**dist.precision_header(tc.precision, env.device), **dist.process_header(env), **code_header()}
     logger.log(start, {"run": header})  # one per start: a resumed run may run on other hardware
     _note(env, f"precision {precision} (train.precision {tc.precision}; {header['device']}, {header['cpu']})")
     refresh = cfg.retriever.train_passage_encoder and cfg.index.refresh_every > 0
