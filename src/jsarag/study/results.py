@@ -5,7 +5,7 @@
     REPORT_DIR/NAME/variance.json                the gradient-variance table's numbers
 
 A run's file is its ``RunResult`` (``to_json`` / ``from_json``): the evaluation summary, the per-question
-scores that the paired bootstrap resamples, step-time statistics, peak memory, the log headers (precision
+scores that the paired bootstrap resamples, step-time statistics, peak memory, the log headers (precision,
 hardware and code of each start), the learning signal, the metrics curve restricted to the keys the report reads,
 and ``settings``: the resolved config the run trained with (``settings_of``). Measured values are kept to 6
 significant digits; a value that was not measured or is not finite is null (strict JSON has neither NaN nor
