@@ -54,12 +54,13 @@ from jsarag.study.results import (
     RunResult,
     cached_json,
     check,
+    groups_text,
     how_settings_differ,
     load_result,
     read_cached,
     result_path,
     run_settings,
-    runs_text,
+    runs_by_value,
     save_result,
     settings_changed,
     settings_of,
@@ -285,14 +286,15 @@ def settings_text(cfg, *, config: str | Path, overrides: list[str], results: Seq
 
 def _code_lines(results: Sequence[RunResult]) -> list[str]:
     """The code the runs trained with, from their logs' headers (``provenance.code_header``), if any recorded it."""
-    code: dict[str, list[RunResult]] = {}
-    for r in results:
+    def code(r: RunResult) -> str:
         ran = sorted({h.get("commit", h["jsarag"]) for h in r.headers if "jsarag" in h})
-        code.setdefault(", ".join(f"`{c}`" for c in ran) or "not recorded", []).append(r)
-    if set(code) == {"not recorded"}:
+        return ", ".join(f"`{c}`" for c in ran) or "not recorded"
+
+    groups = runs_by_value(results, code)
+    if set(groups) == {"not recorded"}:
         return []
     return ["- Code the runs trained with (jsarag's commit, or its version outside a git checkout): "
-            + "; ".join(f"{c} in {runs_text(group, results)}" for c, group in code.items()) + "."]
+            + groups_text(groups, results) + "."]
 
 
 def _how_lines(results: Sequence[RunResult]) -> list[str]:

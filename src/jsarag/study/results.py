@@ -156,19 +156,34 @@ def how_settings_differ(results: Sequence[RunResult]) -> list[str]:
     runs that had it (``BEFORE_RECORDED`` stands in for a key a result lacks)."""
     phrases = []
     for key in HOW_NOT_WHAT:
-        runs: dict[str, list[RunResult]] = {}
-        for r in results:
-            value = (repr(r.settings[key]) if key in r.settings else
-                     f"{BEFORE_RECORDED[key]!r} (not recorded: run before the option existed)"
-                     if key in BEFORE_RECORDED else "not recorded")
-            runs.setdefault(value, []).append(r)
-        if len(runs) > 1:
-            phrases.append(f"`{key}` " + "; ".join(f"{value} in {runs_text(group, results)}"
-                                                   for value, group in runs.items()))
+        groups = runs_by_value(results, lambda r: _recorded_value(r.settings, key))
+        if len(groups) > 1:
+            phrases.append(f"`{key}` {groups_text(groups, results)}")
     return phrases
 
 
-def runs_text(group: list[RunResult], results: Sequence[RunResult]) -> str:
+def _recorded_value(settings: dict[str, Any], key: str) -> str:
+    if key in settings:
+        return repr(settings[key])
+    if key in BEFORE_RECORDED:
+        return f"{BEFORE_RECORDED[key]!r} (not recorded: run before the option existed)"
+    return "not recorded"
+
+
+def runs_by_value(results: Sequence[RunResult], value_of: Callable[[RunResult], str]) -> dict[str, list[RunResult]]:
+    """``results`` grouped by ``value_of``, values in first-seen order."""
+    groups: dict[str, list[RunResult]] = {}
+    for r in results:
+        groups.setdefault(value_of(r), []).append(r)
+    return groups
+
+
+def groups_text(groups: dict[str, list[RunResult]], results: Sequence[RunResult]) -> str:
+    """"VALUE in RUNS; VALUE in RUNS" for ``runs_by_value``'s groups of ``results``."""
+    return "; ".join(f"{value} in {_runs_text(group, results)}" for value, group in groups.items())
+
+
+def _runs_text(group: list[RunResult], results: Sequence[RunResult]) -> str:
     """``group``, a part of ``results``, named by whole seeds where it holds every run of a seed."""
     untrained, whole, partial = [], [], []
     for seed in dict.fromkeys(sorted(r.seed for r in group)):
