@@ -17,6 +17,7 @@ per-round ratios, absolute seconds beside them.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import gc
 import json
@@ -25,6 +26,8 @@ import os
 import platform
 import random
 import resource
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -312,11 +315,17 @@ def squad_setup(data: Path, num_examples: int, num_passages: int, seed: int, spl
     return corpus, chosen
 
 
-def random_weights_copy(name: str, causal_lm: bool, seed: int) -> str:
-    """A folder with ``name``'s config and tokenizer and freshly initialised weights (seeded)."""
-    import shutil
-    import tempfile
+def scratch_folder(prefix: str) -> Path:
+    """A new temporary folder, removed when this process exits (not after a kill): a benchmark's scratch data
+    (training runs, model copies) is gigabytes, and a benchmark run from the tests must leave none behind."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
+
+def random_weights_copy(name: str, causal_lm: bool, seed: int) -> str:
+    """A folder with ``name``'s config and tokenizer and freshly initialised weights (seeded), removed when this
+    process exits."""
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
@@ -325,7 +334,7 @@ def random_weights_copy(name: str, causal_lm: bool, seed: int) -> str:
     source = Path(resolve_model(name))
     torch.manual_seed(seed)
     model = (AutoModelForCausalLM if causal_lm else AutoModel).from_config(AutoConfig.from_pretrained(str(source)))
-    target = Path(tempfile.mkdtemp(prefix="jsarag-random-weights-")) / source.name
+    target = scratch_folder("jsarag-random-weights-") / source.name
     model.save_pretrained(target)
     AutoTokenizer.from_pretrained(str(source)).save_pretrained(target)
     for extra in ("generation_config.json", "chat_template.jinja"):

@@ -60,7 +60,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -596,7 +595,7 @@ def measure_train(sizes: tuple[int, int], rounds: int, steps: int, work: Path, e
 # ---- the whole benchmark ------------------------------------------------------------------------
 def measure(args) -> dict:
     parts, sizes = args.only or list(PARTS), SIZES[common.size(args)]
-    work = Path(args.work or tempfile.mkdtemp(prefix="jsarag-scale-"))
+    work = Path(args.work) if args.work else common.scratch_folder("jsarag-scale-")
     work.mkdir(parents=True, exist_ok=True)
     # This process converts corpora too (for their fingerprints): into the cache the commands use.
     os.environ["JSARAG_CACHE"] = str(work / "cache")

@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -315,7 +314,7 @@ def measure_training(args, batch_size: int, top_k: int, proposals: int, passages
 
     steps = common.pick(args, "training_steps", 16, 8, 2)
     common.say(f"in training (jsarag train, same seed and data, mean over steps 2..{steps}):")
-    work = Path(tempfile.mkdtemp(prefix="jsarag-training-cost-"))
+    work = common.scratch_folder("jsarag-training-cost-")
     corpus, examples = common.squad_setup(common.data_dir(args), batch_size * steps, passages, args.seed)
     (work / "corpus.jsonl").write_text("".join(json.dumps({"id": p.id, "title": p.title, "text": p.text}) + "\n"
                                                for p in corpus))

@@ -36,13 +36,17 @@ EXPECTED = {  # script -> keys of its results (besides "machine")
 
 
 def run_smoke(name: str, tmp_path: Path, *extra: str) -> tuple[dict, str]:
-    """``benchmarks/NAME.py --smoke`` in a subprocess: its results and its standard output."""
-    out = tmp_path / f"{name}.json"
+    """``benchmarks/NAME.py --smoke`` in a subprocess: its results and its standard output. It must leave none of its
+    scratch folders (``jsarag-*``: training runs, model copies, indexes; gigabytes at full size) in the temporary
+    folder it ran with; torch's own (its compiler cache, torchrun's) are not ours to remove."""
+    out, scratch = tmp_path / f"{name}.json", tmp_path / "tmp"
+    scratch.mkdir()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
-           "HF_HUB_OFFLINE": "1"}
+           "HF_HUB_OFFLINE": "1", "TMPDIR": str(scratch)}
     run = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), "--smoke", "--out", str(out), *extra],
                          cwd=tmp_path, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
+    assert sorted(p.name for p in scratch.glob("jsarag*")) == []
     return json.loads(out.read_text()), run.stdout
 
 
