@@ -26,8 +26,13 @@ class ModelNotFoundError(ValueError):
     """A model name that is neither a built-in, a local folder, nor (offline) a cached hub model."""
 
 
+class DiskFullError(OSError):
+    """Too little free disk space for what a command must write: found before a long write whose size is known
+    (a checkpoint, passage vectors), or when a write fails on a (nearly) full disk. Nothing half-written is left."""
+
+
 class TrainingDivergedError(RuntimeError):
     """Training stopped on non-finite losses, gradients or weights (the CLI exits with code 3)."""
 
 
-USER_ERRORS = (UserError, ConfigError, DataError, IndexMismatchError, ModelNotFoundError)
+USER_ERRORS = (UserError, ConfigError, DataError, IndexMismatchError, ModelNotFoundError, DiskFullError)

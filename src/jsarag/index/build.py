@@ -25,6 +25,7 @@ import faiss
 import numpy as np
 
 from jsarag.data import Corpus
+from jsarag.fileio import require_space
 from jsarag.index.faiss_index import PassageIndex, ivf_or_none
 from jsarag.index.vectors import SHARD_ROWS, VectorsMeta, VectorStore, encode_shards
 from jsarag.models.encoder import Encoder
@@ -140,6 +141,10 @@ def build_index(corpus: Corpus, encoder: Encoder, path: str | Path | None = None
                        corpus_hash=corpus.fingerprint(), encoder=encoder.identity(), precision=precision)
     if rank == 0:
         store = VectorStore.create(path / "vectors", meta, resume=resume, strict=strict)
+        # Found now, not hours into the encoding. The FAISS index written after takes more (a Flat one: the
+        # vectors again, in float32).
+        todo = f"the passage vectors to encode ({len(store.missing_shards())} of {store.num_shards} shards)"
+        require_space(store.path, store.missing_bytes(), todo, "free some space or build the index elsewhere (--out)")
     barrier()
     if rank != 0:
         store = VectorStore(path / "vectors", meta)

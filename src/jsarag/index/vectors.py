@@ -29,7 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jsarag.errors import IndexMismatchError
-from jsarag.fileio import write_text_atomic
+from jsarag.fileio import reporting_full_disk, write_text_atomic
 
 META_FILE = "vectors.json"
 SHARD_ROWS = 65_536  # 48 MiB of float16 at 384 dimensions: the work lost to a kill, at most, per process
@@ -155,10 +155,20 @@ class VectorStore:
         if not np.isfinite(half).all():
             raise ValueError(f"shard {i}: vectors are not finite in float16 (norms above 65504?)")
         tmp = self.path / f".{shard_name(i)}.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(_header_bytes(*half.shape))
-            f.write(np.ascontiguousarray(half).tobytes())
-        os.replace(tmp, self.path / shard_name(i))
+        try:
+            with reporting_full_disk(f"writing passage vectors {shard_name(i)}", self.path,
+                                     "free some space, then build again with --resume"):
+                with open(tmp, "wb") as f:
+                    f.write(_header_bytes(*half.shape))
+                    f.write(np.ascontiguousarray(half).tobytes())
+            os.replace(tmp, self.path / shard_name(i))
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def missing_bytes(self) -> int:
+        """Bytes the shards not yet written will take."""
+        return sum(len(_header_bytes(b - a, self.dim)) + (b - a) * self.dim * np.dtype(DTYPE).itemsize
+                   for a, b in map(self.shard_range, self.missing_shards()))
 
     # ---- reading ------------------------------------------------------------------------------
     def _fd(self, i: int) -> tuple[int, int]:

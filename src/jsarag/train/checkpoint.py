@@ -15,7 +15,9 @@
 Everything is written into a hidden temporary folder that is renamed into place only when complete,
 and ``latest`` is replaced atomically afterwards: a kill at any moment leaves the previous checkpoint
 usable and the new one either absent or whole. The temporary folders a kill leaves behind are removed
-when the run next starts (:func:`remove_interrupted_saves`).
+when the run next starts (:func:`remove_interrupted_saves`). A full disk is found before a save when the
+newest checkpoint would not fit in the free space, or named when a save fails on it (DiskFullError), and the
+partial save is removed either way.
 
 What the rename cannot promise (a disk that loses or flips bytes, a copy cut short) the manifest
 catches: :func:`latest_checkpoint`, the one place that chooses the checkpoint a run resumes from or is
@@ -39,7 +41,7 @@ import torch
 
 from jsarag.config import Config, save_config
 from jsarag.errors import CorruptCheckpointError
-from jsarag.fileio import write_text_atomic
+from jsarag.fileio import reporting_full_disk, require_space, write_text_atomic
 from jsarag.train.distributed import is_main_process
 
 CHECKPOINTS = "checkpoints"
@@ -60,20 +62,26 @@ def save_checkpoint(run_dir: Path, step: int, *, model, optimizer, scheduler, es
                     scaler: torch.amp.GradScaler | None = None) -> Path:
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
+    previous = _newest_complete(root)
+    hint = (f"the run's newest complete checkpoint is {previous.name}: free some space, then run again with --resume"
+            if previous is not None else "free some space, then run again")
+    if previous is not None:  # the same files as the last save: a full disk is found before writing any
+        require_space(root, _size(previous), f"checkpoint {_name(step)}", hint)
     tmp = Path(tempfile.mkdtemp(prefix=f".{_name(step)}.", dir=root))
     try:
-        model.save_pretrained(tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        state = {"estimator": estimator.state_dict(), "rng": rng_states}
-        if scaler is not None and scaler.is_enabled():  # fp16: the loss scale and its growth tracker
-            state["scaler"] = scaler.state_dict()
-        torch.save(state, tmp / "state.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
-        save_config(cfg, tmp / "config.yaml")
-        if index is not None:
-            index.save(tmp / "index")
-        manifest = _write_manifest(tmp)  # last: only a complete save has one
+        with reporting_full_disk(f"saving checkpoint {_name(step)}", root, hint):
+            model.save_pretrained(tmp)
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            state = {"estimator": estimator.state_dict(), "rng": rng_states}
+            if scaler is not None and scaler.is_enabled():  # fp16: the loss scale and its growth tracker
+                state["scaler"] = scaler.state_dict()
+            torch.save(state, tmp / "state.pt")
+            (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
+            save_config(cfg, tmp / "config.yaml")
+            if index is not None:
+                index.save(tmp / "index")
+            manifest = _write_manifest(tmp)  # last: only a complete save has one
         final = root / _name(step)
         if final.exists():
             _remove(final)
@@ -84,6 +92,18 @@ def save_checkpoint(run_dir: Path, step: int, *, model, optimizer, scheduler, es
     write_text_atomic(root / LATEST, final.name)
     _prune(root, keep)
     return final
+
+
+def _newest_complete(root: Path) -> Path | None:
+    """The newest checkpoint folder that holds a manifest (its save finished), unverified: for its size."""
+    done = sorted(p for p in root.glob("step_*") if p.is_dir() and (p / MANIFEST).is_file())
+    return done[-1] if done else None
+
+
+def _size(folder: Path) -> int:
+    """Bytes a copy of ``folder``'s files takes, those linked from elsewhere (an index's vectors) left out."""
+    stats = [f.stat() for f in folder.rglob("*") if f.is_file() and not f.is_symlink()]
+    return sum(st.st_size for st in stats if st.st_nlink == 1)
 
 
 def _prune(root: Path, keep: int) -> None:
