@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -16,6 +18,10 @@ if _WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
 
+# At most this much under pytest's temporary folder during a whole `make test` (3.2 GiB measured on 2026-12-04);
+# the folders of tests that passed are removed at the end (tmp_path_retention_policy in pyproject.toml).
+SUITE_WRITES_GIB = 4
+
 # The files that take longest, longest first (per-file seconds under `make test` with 2 workers, on a 2-core
 # AVX2-only EPYC: about 280, 180, 150, 85, 80, 70, 60 and 50; every other file takes under 25). `make test` hands
 # whole files to its workers in collection order (`--dist loadfile --no-loadscope-reorder`), so the long ones
@@ -23,6 +29,18 @@ if _WORKERS > 1:
 LONGEST_FIRST = ("test_benchmarks_smoke.py", "test_cli.py", "test_resume_and_distributed.py",
                  "test_checkpoint_integrity.py", "test_study.py", "test_safety.py", "test_real_models.py",
                  "test_gradients.py")
+
+
+def pytest_sessionstart(session):
+    """A warning when the temporary folder's disk has less free space than the suite writes there: a full disk
+    fails dozens of tests with torch's words ("unexpected pos ..."), not ours. Printed also under -q."""
+    folder, need = tempfile.gettempdir(), SUITE_WRITES_GIB * 2**30
+    free = shutil.disk_usage(folder).free
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if free < need and reporter is not None and not hasattr(session.config, "workerinput"):
+        reporter.write_line(f"warning: {free / 2**30:.1f} GiB free in {folder}, and the suite writes up to about "
+                            f"{SUITE_WRITES_GIB} GiB there: tests that save checkpoints will fail on a full disk",
+                            yellow=True)
 
 
 def pytest_collection_modifyitems(items):
