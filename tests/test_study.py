@@ -214,9 +214,12 @@ def test_variance_command_on_tiny_models(tmp_path):
 
 
 @pytest.mark.slow
-def test_compare_command_end_to_end_on_tiny_models(tmp_path):
-    """Two methods and the baselines, one seed: runs, result files, a report with every section, plots. With the
-    run folders gone, the result files alone rebuild the same page, and a rerun trains nothing."""
+def test_compare_command_end_to_end_on_tiny_models(tmp_path, capsys):
+    """Two methods and the baselines, one seed: runs, result files, a report with every section, plots.
+    --drop-checkpoints deletes the trained runs' checkpoints once their files are written; a rerun then reads those
+    runs from their files (never measuring them again on the untrained weights), and a dropped run without its file
+    is an error. With the run folders gone, the result files alone rebuild the same page, and a rerun trains
+    nothing."""
     import os
     import shutil
     import subprocess
@@ -240,6 +243,24 @@ def test_compare_command_end_to_end_on_tiny_models(tmp_path):
     assert sorted(p.relative_to(runs).as_posix() for p in runs.rglob("*") if p.is_file()) == [
         "seed0/frozen_retriever.json", "seed0/jsa_sum.json", "seed0/rag_sequence.json", "untrained.json"]
     assert (results / "tiny" / "variance.json").is_file()
+
+    trained = sorted((runs / "seed0").glob("*.json"))
+    assert {c.parent.parent.name for c in study.glob("seed0/*/checkpoints/step_*")} == {p.stem for p in trained}
+    jsarag(*args[3:], "--drop-checkpoints")  # collected again (the same page), then their checkpoints deleted
+    assert (results / "tiny.md").read_text() == report
+    assert list(study.glob("seed0/*/checkpoints")) == [] and (study / "untrained" / "eval").is_dir()
+    assert all((study / "seed0" / p.stem / "eval" / "dev" / "summary.json").is_file() for p in trained)
+    files = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in trained}
+    jsarag(*args[3:])
+    assert (results / "tiny.md").read_text() == report
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in trained} == files  # read, not collected again
+    (runs / "seed0" / "jsa_sum.json").unlink()
+    from jsarag.cli import app
+
+    code = app(args=[str(a) for a in args[3:]], standalone_mode=False)
+    assert code == 2
+    assert "seed0/jsa_sum finished training but holds no checkpoint" in capsys.readouterr().err
+    (runs / "seed0" / "jsa_sum.json").write_bytes(files[runs / "seed0" / "jsa_sum.json"][0])
 
     shutil.rmtree(study)  # e.g. the runs were another machine's
     jsarag(*args[3:], "--from-results")  # in this process: it loads no model, so it takes a second

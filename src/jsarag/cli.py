@@ -213,6 +213,11 @@ def compare(config: Path = typer.Argument(..., help="Dataset config (e.g. config
             from_results: bool = typer.Option(False, "--from-results", help="Train, evaluate and load nothing: "
                                               "rebuild the report from the result files in REPORT_DIR/NAME/ alone "
                                               "(e.g. each seed's, committed from the machine that ran it)."),
+            drop_checkpoints: bool = typer.Option(False, "--drop-checkpoints", help="Delete each run's "
+                                                  "checkpoints once its result file is written: the study keeps "
+                                                  "the runs' evaluations, logs and result files (a few MB a run "
+                                                  "instead of the model and optimizer state), and a dropped run "
+                                                  "can no longer be resumed or extended."),
             overrides: Optional[list[str]] = OVERRIDES):
     """Train every estimator from the same weights and data; write a results page with plots."""
     from rich.console import Console
@@ -226,7 +231,7 @@ def compare(config: Path = typer.Argument(..., help="Dataset config (e.g. config
     results = run_study(config, name=name, out=out, seeds=[int(s) for s in seeds.split(",") if s], methods=chosen,
                         reference=choose_reference(chosen, reference), variance_draws=variance_draws,
                         signal_examples=signal_examples, report_dir=report_dir, overrides=list(overrides or []),
-                        from_results=from_results)
+                        from_results=from_results, drop_checkpoints=drop_checkpoints)
     Console().print(Markdown("\n".join(results_table(results))))
 
 

@@ -66,6 +66,7 @@ from jsarag.study.results import (
     settings_of,
 )
 from jsarag.study.variance import format_variance, gradient_variance
+from jsarag.train.checkpoint import latest_checkpoint, remove_checkpoints
 from jsarag.train.logger import read_metrics
 
 REPORT_METRICS = ("em", "f1", "rougeL", "bleu4", "recall@1", "recall@5", "mrr@10")
@@ -155,13 +156,15 @@ def _study_index(config: str | Path, out: Path, overrides: list[str]) -> Path:
 
 def run_comparison(config: str | Path, out: str | Path, *, seeds: list[int], methods: list[str],
                    overrides: list[str], runs_dir: Path, signal_examples: int = 0,
-                   from_results: bool = False) -> list[RunResult]:
+                   from_results: bool = False, drop_checkpoints: bool = False) -> list[RunResult]:
     """The results of the untrained models and of every method (and baseline) at every seed, each read from its
     file in ``runs_dir`` and checked against this comparison's settings.
 
     A run whose folder in ``out`` holds its evaluation is collected into its file (again, so that the file follows
-    the folder); one with neither that nor a file is trained, or resumed, first. With ``from_results`` only the
-    files are read: nothing is trained or computed, and a missing file is an error."""
+    the folder); one with neither that nor a file is trained, or resumed, first. A trained run whose checkpoints
+    are gone (``drop_checkpoints``: deleted once its file is written) is read from its file: its diagnostics cannot
+    be computed again, and without a file it is an error. With ``from_results`` only the files are read: nothing is
+    trained or computed, and a missing file is an error."""
     out = Path(out)
     log = out / "study.log"
     known = all_methods()
@@ -193,6 +196,12 @@ def run_comparison(config: str | Path, out: str | Path, *, seeds: list[int], met
             finished = (folder / "config.yaml").is_file() and (eval_dir / "summary.json").is_file()
             if not finished and paths[method, seed].is_file():
                 continue  # run elsewhere, or its folder deleted: its file is its record
+            if finished and method != UNTRAINED and latest_checkpoint(folder) is None:
+                if paths[method, seed].is_file():
+                    continue  # its checkpoints dropped: its file is its record
+                raise UserError(f"{folder} finished training but holds no checkpoint and {paths[method, seed]} does "
+                                f"not exist: its retriever recall and learning signal would be measured on the "
+                                f"untrained weights. Delete the folder to train it again")
             if not finished:
                 _study_index(config, out, overrides)
                 if method == UNTRAINED:
@@ -201,6 +210,8 @@ def run_comparison(config: str | Path, out: str | Path, *, seeds: list[int], met
             result = _collect(method, seed, folder, eval_dir, signal_examples)
             save_result(paths[method, seed], check(result, method=method, seed=seed, settings=expected[method],
                                                    source=folder))
+            if drop_checkpoints and method != UNTRAINED:
+                remove_checkpoints(folder)
     return [check(load_result(path), method=m, seed=s, settings=expected[m], source=path)
             for (m, s), path in paths.items()]
 
@@ -563,7 +574,7 @@ def write_report(path: Path, *, name: str, command: str, settings: str, results:
 # ---- the command ----------------------------------------------------------------------------------
 def run_study(config: str | Path, *, name: str, out: str | Path, seeds: list[int], methods: list[str],
               reference: str, variance_draws: int, signal_examples: int, report_dir: str | Path,
-              overrides: list[str], from_results: bool = False) -> list[RunResult]:
+              overrides: list[str], from_results: bool = False, drop_checkpoints: bool = False) -> list[RunResult]:
     """`jsarag compare`: the runs (trained, collected or read from their files), the variance table, then
     REPORT_DIR/NAME.md and its plots in REPORT_DIR/NAME/. Returns the results the page shows."""
     out, report_dir = Path(out), Path(report_dir)
@@ -571,7 +582,8 @@ def run_study(config: str | Path, *, name: str, out: str | Path, seeds: list[int
         raise UserError("--variance-draws 1: a variance needs at least 2 redraws (0 leaves the table out)")
     folder = report_dir / name
     results = run_comparison(config, out, seeds=seeds, methods=methods, overrides=overrides,
-                             runs_dir=folder / "runs", signal_examples=signal_examples, from_results=from_results)
+                             runs_dir=folder / "runs", signal_examples=signal_examples, from_results=from_results,
+                             drop_checkpoints=drop_checkpoints)
     variance = variance_rows(config, out, methods=methods, overrides=overrides, draws=variance_draws,
                              path=folder / "variance.json", from_results=from_results)
     plots = write_plots(results, folder, seed=seeds[0])

@@ -123,6 +123,18 @@ def _remove(checkpoint: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
+def remove_checkpoints(run_dir: str | Path) -> None:
+    """Delete all of a run's checkpoints, ``latest`` first: a kill part way leaves a run with no newest
+    checkpoint (as after the first save's failure), never one that names a half-deleted folder."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return
+    (root / LATEST).unlink(missing_ok=True)
+    for checkpoint in sorted(p for p in root.glob("step_*") if p.is_dir()):
+        _remove(checkpoint)
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def remove_interrupted_saves(run_dir: str | Path) -> list[Path]:
     """Delete what killed saves left in ``RUN_DIR/checkpoints`` (only names this module creates);
     return the removed paths. Call it only while holding the run's lock: a save may be in progress."""
