@@ -184,6 +184,48 @@ def test_lsr_directions_on_a_hand_computed_example():
     assert rescaled.tolist()[0] == pytest.approx([2 / 3, 1 / 6, 1 / 6], abs=1e-12)
 
 
+TARGETS = {  # each estimator's stop-gradient target pass, and its pass with gradient where it has one
+    "emdr2": (EMDR2, EMDR2Config()), "pdist": (PDist, PDistConfig()), "loop": (LOOP, LOOPConfig()),
+    "lsr": (LSR, LSRConfig()), "lsr_trained_concat": (LSR, LSRConfig(train_generator=True)),
+}
+
+
+@pytest.mark.parametrize("case", list(TARGETS))
+def test_targets_are_scored_with_dropout_off_and_the_training_mode_comes_back(case, monkeypatch):
+    """In training (dropout on), every generator pass without gradient (the target) runs in eval mode, as Atlas's
+    targets; a pass with gradient (the generator's own loss; per_passage_mean's shared pass) runs in train mode."""
+    model = make_model(n=N)
+    model.train()
+    model.set_trainable({"prior", "generator"})
+    calls, real = [], model.generator.token_logprobs
+
+    def spy(*args, **kwargs):
+        calls.append((torch.is_grad_enabled(), model.generator.training,
+                      any(m.training for m in model.generator.modules())))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model.generator, "token_logprobs", spy)
+    cls, cfg = TARGETS[case]
+    cls(cfg, top_k=N)(model, Batch.from_examples(tiny_examples()[:2]))
+    assert (False, False, False) in calls  # the target: no gradient, no module in train mode
+    assert all(training == any_training for _, training, any_training in calls)
+    assert [grad for grad, training, _ in calls] == [training for _, training, _ in calls]
+    assert model.generator.training and all(m.training for m in model.generator.modules())
+
+
+def test_a_per_passage_target_shares_the_generators_pass_with_gradient_in_train_mode(monkeypatch):
+    """per_passage_mean: one pass gives the generator's loss and the target, so the target sees dropout (the
+    option's documented cost; concat, the default, scores the target apart)."""
+    model = make_model(n=N)
+    model.train()
+    model.set_trainable({"prior", "generator"})
+    calls, real = [], model.generator.token_logprobs
+    monkeypatch.setattr(model.generator, "token_logprobs", lambda *a, **k: calls.append(
+        (torch.is_grad_enabled(), model.generator.training)) or real(*a, **k))
+    PDist(PDistConfig(generator_loss="per_passage_mean"), top_k=N)(model, Batch.from_examples(tiny_examples()[:2]))
+    assert calls == [(True, True)]
+
+
 def test_lsr_trains_the_generator_only_when_asked():
     assert "generator" not in LSR(LSRConfig()).trains
     assert "generator" in LSR(LSRConfig(train_generator=True)).trains

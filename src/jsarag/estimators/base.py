@@ -197,8 +197,13 @@ def sequence_logprobs(generator, batch: Batch, contexts: list[list], with_grad: 
     """log p_g(y | x, context) summed and averaged over answer tokens, from one generator call.
 
     ``contexts[b][k]`` is a passage or a list of passages read together. Returns ([B, K], [B, K]).
+    A call without gradient computes a stop-gradient target (PDist's, LOOP's, LSR's, EMDR2's weights): it runs
+    with dropout off, as Atlas scores its targets (``reader.eval()``) and JSA its proposals, so that the target is
+    the generator's likelihood, not a draw of its dropout masks. A call with gradient (``per_passage_mean``, whose
+    one pass gives both the generator's loss and the target) runs in the generator's own mode.
     """
-    with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
+    grad = with_grad and torch.is_grad_enabled()
+    with torch.set_grad_enabled(grad), contextlib.nullcontext() if grad else scoring_mode(generator):
         token_loglik, answer_mask = generator.token_logprobs(batch.queries, batch.kind, contexts, batch.answers)
     total = token_loglik.sum(-1)
     return total, total / answer_mask.sum(-1, keepdim=True).to(total.dtype)
