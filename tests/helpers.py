@@ -93,3 +93,32 @@ def jsarag_logged(args: list[str], log: Path) -> None:
     with log.open("a") as f:
         f.write("$ jsarag " + " ".join(args) + "\n")
     jsarag(*args)
+
+
+# ---- a stand-in for checkpoint tests ------------------------------------------------------------------------------
+def stand_in_model(width: int = 64):
+    """A Linear(width, width) whose save_pretrained writes generator/model.safetensors, like the real model's."""
+    import torch
+    from safetensors.torch import save_file
+
+    class StandIn(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(width, width)
+
+        def save_pretrained(self, path: Path) -> None:
+            folder = Path(path) / "generator"
+            folder.mkdir(parents=True)
+            save_file({k: v.contiguous() for k, v in self.state_dict().items()}, folder / "model.safetensors")
+
+    return StandIn()
+
+
+class NoState:
+    """An estimator without state, for save_checkpoint and load_training_state."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        assert state == {}

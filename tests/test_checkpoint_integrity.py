@@ -29,7 +29,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from helpers import NoState, stand_in_model
+from safetensors.torch import load_file
 
 from jsarag.config import load_config
 from jsarag.errors import CorruptCheckpointError
@@ -58,29 +59,8 @@ def no_report(line: str) -> None:
 
 
 # ---- the manifest, on checkpoints of a stand-in model ------------------------------------------------------
-class StandIn(torch.nn.Module):
-    """Weights in generator/model.safetensors, like the real model's save_pretrained."""
-
-    def __init__(self):
-        super().__init__()
-        self.linear = torch.nn.Linear(64, 64)
-
-    def save_pretrained(self, path: Path) -> None:
-        folder = Path(path) / "generator"
-        folder.mkdir(parents=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, folder / "model.safetensors")
-
-
-class NoState:
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        assert state == {}
-
-
 def stand_in_training():
-    model = StandIn()
+    model = stand_in_model()
     optimizer = torch.optim.AdamW(model.parameters())
     return model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from helpers import NoState, stand_in_model
 
 from jsarag import fileio
 from jsarag.config import load_config
@@ -31,27 +31,9 @@ TINY = REPO / "configs" / "tiny.yaml"
 MiB = 2**20
 
 
-class StandIn(torch.nn.Module):
-    """Weights in generator/model.safetensors, like the real model's save_pretrained; ``width`` sets the size."""
-
-    def __init__(self, width: int = 16):
-        super().__init__()
-        self.linear = torch.nn.Linear(width, width)
-
-    def save_pretrained(self, path: Path) -> None:
-        folder = Path(path) / "generator"
-        folder.mkdir(parents=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, folder / "model.safetensors")
-
-
-class NoState:
-    def state_dict(self) -> dict:
-        return {}
-
-
 def saver(run: Path, width: int = 16):
     """save(step): a checkpoint of a stand-in model after one more optimiser step (Adam moments included)."""
-    model = StandIn(width)
+    model = stand_in_model(width)
     optimizer = torch.optim.AdamW(model.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     cfg = load_config(TINY)

@@ -190,10 +190,9 @@ TARGETS = {  # each estimator's stop-gradient target pass, and its pass with gra
 }
 
 
-@pytest.mark.parametrize("case", list(TARGETS))
-def test_targets_are_scored_with_dropout_off_and_the_training_mode_comes_back(case, monkeypatch):
-    """In training (dropout on), every generator pass without gradient (the target) runs in eval mode, as Atlas's
-    targets; a pass with gradient (the generator's own loss; per_passage_mean's shared pass) runs in train mode."""
+def generator_passes(estimator, monkeypatch) -> tuple[object, list[tuple[bool, bool, bool]]]:
+    """The model after one ``estimator`` call in training mode (dropout on), and for each generator pass: gradient
+    on, the generator in train mode, any of its modules in train mode."""
     model = make_model(n=N)
     model.train()
     model.set_trainable({"prior", "generator"})
@@ -205,8 +204,16 @@ def test_targets_are_scored_with_dropout_off_and_the_training_mode_comes_back(ca
         return real(*args, **kwargs)
 
     monkeypatch.setattr(model.generator, "token_logprobs", spy)
+    estimator(model, Batch.from_examples(tiny_examples()[:2]))
+    return model, calls
+
+
+@pytest.mark.parametrize("case", list(TARGETS))
+def test_targets_are_scored_with_dropout_off_and_the_training_mode_comes_back(case, monkeypatch):
+    """In training (dropout on), every generator pass without gradient (the target) runs in eval mode, as Atlas's
+    targets; a pass with gradient (the generator's own loss; per_passage_mean's shared pass) runs in train mode."""
     cls, cfg = TARGETS[case]
-    cls(cfg, top_k=N)(model, Batch.from_examples(tiny_examples()[:2]))
+    model, calls = generator_passes(cls(cfg, top_k=N), monkeypatch)
     assert (False, False, False) in calls  # the target: no gradient, no module in train mode
     assert all(training == any_training for _, training, any_training in calls)
     assert [grad for grad, training, _ in calls] == [training for _, training, _ in calls]
@@ -216,14 +223,8 @@ def test_targets_are_scored_with_dropout_off_and_the_training_mode_comes_back(ca
 def test_a_per_passage_target_shares_the_generators_pass_with_gradient_in_train_mode(monkeypatch):
     """per_passage_mean: one pass gives the generator's loss and the target, so the target sees dropout (the
     option's documented cost; concat, the default, scores the target apart)."""
-    model = make_model(n=N)
-    model.train()
-    model.set_trainable({"prior", "generator"})
-    calls, real = [], model.generator.token_logprobs
-    monkeypatch.setattr(model.generator, "token_logprobs", lambda *a, **k: calls.append(
-        (torch.is_grad_enabled(), model.generator.training)) or real(*a, **k))
-    PDist(PDistConfig(generator_loss="per_passage_mean"), top_k=N)(model, Batch.from_examples(tiny_examples()[:2]))
-    assert calls == [(True, True)]
+    _, calls = generator_passes(PDist(PDistConfig(generator_loss="per_passage_mean"), top_k=N), monkeypatch)
+    assert [(grad, training) for grad, training, _ in calls] == [(True, True)]
 
 
 def test_lsr_trains_the_generator_only_when_asked():

@@ -62,7 +62,7 @@ def save_checkpoint(run_dir: Path, step: int, *, model, optimizer, scheduler, es
                     scaler: torch.amp.GradScaler | None = None) -> Path:
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
-    previous = _newest_complete(root)
+    previous = _named_latest(root)
     hint = (f"the run's newest complete checkpoint is {previous.name}: free some space, then run again with --resume"
             if previous is not None else "free some space, then run again")
     if previous is not None:  # the same files as the last save: a full disk is found before writing any
@@ -94,10 +94,11 @@ def save_checkpoint(run_dir: Path, step: int, *, model, optimizer, scheduler, es
     return final
 
 
-def _newest_complete(root: Path) -> Path | None:
-    """The newest checkpoint folder that holds a manifest (its save finished), unverified: for its size."""
-    done = sorted(p for p in root.glob("step_*") if p.is_dir() and (p / MANIFEST).is_file())
-    return done[-1] if done else None
+def _named_latest(root: Path) -> Path | None:
+    """The checkpoint folder ``latest`` names (the newest whole save), unverified; None when there is none."""
+    pointer = root / LATEST
+    named = root / pointer.read_text().strip() if pointer.is_file() else None
+    return named if named is not None and named.is_dir() else None
 
 
 def _size(folder: Path) -> int:
@@ -162,8 +163,7 @@ def latest_checkpoint(run_dir: str | Path, *, report: Callable[[str], None] = _w
     """
     root = Path(run_dir) / CHECKPOINTS
     candidates = sorted((p for p in root.glob("step_*") if _STEP.fullmatch(p.name) and p.is_dir()), reverse=True)
-    pointer = root / LATEST
-    named = root / pointer.read_text().strip() if pointer.is_file() else None
+    named = _named_latest(root)
     if named in candidates:
         candidates.insert(0, candidates.pop(candidates.index(named)))
     corrupt = []
